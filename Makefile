@@ -1,0 +1,36 @@
+# segexport developer tasks. `make install` sets up a fresh machine; `make test` is what CI runs.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+# The CPU build of torch, installed before the project so that the project's
+# `torch>=2.4` range never pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test test-fast lint typecheck bench clean
+
+install:
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev]"
+
+demo: install
+	segexport onnx --model segformer --force
+
+test:
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --durations=10
+
+test-fast:
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
+
+lint:
+	ruff check segexport tests
+	ruff format --check segexport tests
+	mypy
+
+typecheck:
+	mypy
+
+bench:
+	segexport bench export --models segformer-b0,unet,deeplabv3plus --size 512x512 --runs 20 --threads 2
+
+clean:
+	rm -rf artifacts .pytest_cache .mypy_cache .ruff_cache build *.egg-info

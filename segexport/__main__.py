@@ -1,0 +1,3 @@
+from segexport.cli import main
+
+main()

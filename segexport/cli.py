@@ -1,0 +1,271 @@
+"""The `segexport` command: a thin layer over the Python API.
+
+User mistakes (SegexportError) end with one line on stderr and a non-zero exit; with
+`--json`, stdout also gets `{"ok": false, "error": ...}` so scripts need not parse stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from segexport import __version__
+from segexport.errors import SegexportError
+from segexport.shapes import InputShape, parse_shape, parse_size
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SegexportError as error:
+            message = str(error).replace("\n", " ")
+            if ctx.meta.get("json"):
+                click.echo(json.dumps({"ok": False, "error": message}))
+            click.echo(f"segexport: error: {message}", err=True)
+            ctx.exit(error.exit_code)
+
+
+def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except SegexportError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _shapes(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[InputShape] | None:
+    if not value:
+        return None
+    try:
+        return [parse_shape(item) for item in value.split(",") if item.strip()]
+    except SegexportError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _model_args(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="segexport")
+def main() -> None:
+    """Export PyTorch segmentation models to verified ONNX (and later TensorRT)."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def zoo(ctx: click.Context, as_json: bool) -> None:
+    """List the model zoo: parameters, default input size, outputs."""
+    from segexport.zoo import count_parameters, get_spec, list_models
+
+    ctx.meta["json"] = as_json
+    rows: list[dict[str, Any]] = []
+    for name in list_models():
+        spec = get_spec(name)
+        rows.append(
+            {
+                "name": name,
+                "aliases": list(spec.aliases),
+                "family": spec.family,
+                "parameters": count_parameters(name),
+                "num_classes": spec.default_num_classes,
+                "default_input": (
+                    f"{spec.default_size[0]}x{spec.default_size[1]}"
+                    if spec.input_kind == "image"
+                    else "Nx256x14x14 + N labels"
+                ),
+                "size_divisible_by": spec.stride if spec.input_kind == "image" else None,
+                "inputs": list(spec.input_names),
+                "outputs": list(spec.output_names),
+                "description": spec.description,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'model':27} {'params':>8} {'input':>22}  outputs")
+    for row in rows:
+        params = f"{row['parameters'] / 1e6:.2f}M"
+        click.echo(f"{row['name']:27} {params:>8} {row['default_input']:>22}  {', '.join(row['outputs'])}")
+
+
+@main.command()
+@click.option("--model", "model_name", default="segformer-b0", show_default=True, help="Zoo name or alias.")
+@click.option("--weights", type=click.Path(path_type=Path), help="state_dict: .pt/.pth or .safetensors.")
+@click.option("--num-classes", type=int, help="Classes of the head (default: the model's).")
+@click.option("--size", callback=_size, help="Export height x width, e.g. 512x512.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Export batch size.")
+@click.option("--min-size", callback=_size, help="Smallest HxW the artifact accepts.")
+@click.option("--max-size", callback=_size, help="Largest HxW the artifact accepts.")
+@click.option("--max-batch", type=int, help="Largest batch the artifact accepts.")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Artifact dir [artifacts/MODEL].")
+@click.option("--force", is_flag=True, help="Replace an existing artifact directory.")
+@click.option("--verify-shapes", callback=_shapes, help="Extra BxHxW shapes to verify, comma-separated.")
+@click.option(
+    "--rtol",
+    "max_rel_l2",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Largest relative L2 error accepted.",
+)
+@click.option(
+    "--model-arg",
+    "model_args",
+    multiple=True,
+    callback=_model_args,
+    help="Model option KEY=VALUE (e.g. fc_channels=1024); repeatable.",
+)
+@click.option("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.pass_context
+def onnx(
+    ctx: click.Context,
+    model_name: str,
+    weights: Path | None,
+    num_classes: int | None,
+    size: tuple[int, int] | None,
+    batch: int,
+    min_size: tuple[int, int] | None,
+    max_size: tuple[int, int] | None,
+    max_batch: int | None,
+    opset: int,
+    out_dir: Path | None,
+    force: bool,
+    verify_shapes: list[InputShape] | None,
+    max_rel_l2: float,
+    model_args: dict[str, Any],
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Export a model to ONNX with dynamic axes, simplify it, and verify it against PyTorch."""
+    from segexport.export import ExportRequest, export_onnx
+    from segexport.verify import Tolerance
+
+    ctx.meta["json"] = as_json
+    request = ExportRequest(
+        model=model_name,
+        num_classes=num_classes,
+        weights=weights,
+        size=size,
+        batch=batch,
+        min_size=min_size,
+        max_size=max_size,
+        max_batch=max_batch,
+        opset=opset,
+        out_dir=out_dir,
+        force=force,
+        model_options=model_args,
+        verify_shapes=verify_shapes,
+        tolerance=Tolerance(max_rel_l2=max_rel_l2),
+        threads=threads,
+    )
+    manifest = export_onnx(request, progress=_progress)
+    summary = export_summary(manifest, request.out_dir or Path("artifacts") / manifest["model"]["name"])
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for shape in summary["verification"]:
+        for out in shape["outputs"]:
+            agreement = "" if out["agreement"] is None else f", argmax agreement {out['agreement']:.4%}"
+            click.echo(
+                f"  {shape['shape']:>12} {out['name']}: rel L2 {out['rel_l2']:.2e}, "
+                f"max abs {out['max_abs']:.2e}{agreement}"
+            )
+    click.echo(f"wrote {summary['artifact']} ({summary['seconds']['total']:.1f} s)")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print tables (medians of interleaved runs)."""
+
+
+@bench.command("export")
+@click.option(
+    "--models",
+    default="segformer-b0,unet,deeplabv3plus",
+    show_default=True,
+    help="Comma-separated zoo names.",
+)
+@click.option("--size", callback=_size, default="512x512", show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def bench_export_command(
+    ctx: click.Context,
+    models: str,
+    size: tuple[int, int],
+    runs: int,
+    warmup: int,
+    threads: int,
+    as_json: bool,
+) -> None:
+    """Export time, node counts, and PyTorch vs ONNX Runtime CPU latency."""
+    from segexport.bench import bench_export, format_export_table, machine_note
+
+    ctx.meta["json"] = as_json
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    rows = bench_export(names, size, runs, warmup, threads, progress=_progress)
+    if as_json:
+        click.echo(
+            json.dumps({"machine": machine_note(threads), "rows": [r.to_dict() for r in rows]}, indent=2)
+        )
+        return
+    click.echo(f"machine: {machine_note(threads)}; medians of {runs} interleaved runs after {warmup} warm-up")
+    click.echo(format_export_table(rows))
+
+
+def export_summary(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The compact view of an export that `--json` prints."""
+    fp32 = manifest["verification"]["fp32"]
+    return {
+        "ok": fp32["passed"],
+        "model": manifest["model"]["name"],
+        "artifact": str(directory),
+        "onnx": str(directory / "model.onnx"),
+        "inputs": manifest["inputs"],
+        "outputs": manifest["outputs"],
+        "dynamic_axes": manifest["dynamic_axes"],
+        "simplified": manifest["onnx"]["simplified"],
+        "nodes": manifest["onnx"]["nodes"],
+        "seconds": manifest["seconds"],
+        "verification": [
+            {
+                "shape": shape["shape"],
+                "passed": shape["passed"],
+                "error": shape["error"],
+                "outputs": [
+                    {k: out[k] for k in ("name", "max_abs", "rel_l2", "agreement", "passed")}
+                    for out in shape["outputs"]
+                ],
+            }
+            for shape in fp32["shapes"]
+        ],
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

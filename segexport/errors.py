@@ -1,0 +1,20 @@
+"""Error types shared by every stage.
+
+`SegexportError` marks a problem the user can fix (bad name, bad file, bad size):
+the CLI prints its message on one line and exits non-zero, without a traceback.
+Anything else escaping is a bug in segexport and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SegexportError(Exception):
+    """A user-facing error: the message alone must say what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class VerificationError(SegexportError):
+    """An artifact computes something other than the PyTorch model it came from."""
+
+    exit_code = 1

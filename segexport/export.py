@@ -1,0 +1,470 @@
+"""PyTorch -> ONNX with dynamic batch/height/width that really work, then onnxsim, then parity.
+
+The export uses the `torch.export`-based exporter with explicit `Dim`s: height and
+width are declared as multiples of the model's output stride, so the traced graph
+computes every intermediate size from the input instead of baking it in. The trace
+uses at least 2 along every dynamic axis, because `torch.export` specialises axes that
+are 1 in the example. Nothing is trusted on faith: the artifact is run at the export
+shape and at others (batch > 1, another aspect ratio) and compared with PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import re
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from segexport import __version__
+from segexport.artifacts import SCHEMA_VERSION, describe_files, staged_directory, write_json_atomic
+from segexport.errors import SegexportError, VerificationError
+from segexport.runtime import OnnxRuntimeRunner
+from segexport.shapes import DynamicRange, InputShape
+from segexport.verify import Tolerance, TorchRunner, VerificationReport, verify_runners
+from segexport.weights import load_weights
+from segexport.zoo.registry import ModelSpec, create_model, get_spec
+
+Progress = Callable[[str], None]
+
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = range(17, 22)  # 17: first with LayerNormalization; TensorRT 10.x parses up to 21
+MODEL_FILE = "model.onnx"
+
+
+@dataclass
+class ExportRequest:
+    """Everything `segexport onnx` takes; unset fields fall back to the model's defaults."""
+
+    model: str
+    num_classes: int | None = None
+    weights: Path | None = None
+    size: tuple[int, int] | None = None
+    batch: int = 1
+    min_size: tuple[int, int] | None = None
+    max_size: tuple[int, int] | None = None
+    max_batch: int | None = None
+    opset: int = DEFAULT_OPSET
+    out_dir: Path | None = None
+    force: bool = False
+    model_options: dict[str, Any] = field(default_factory=dict)
+    verify_shapes: list[InputShape] | None = None
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """A validated request: the shapes and ranges the artifact will promise."""
+
+    spec: ModelSpec
+    num_classes: int
+    export_shape: InputShape
+    dynamic_range: DynamicRange
+    verify_shapes: tuple[InputShape, ...]
+    out_dir: Path
+
+
+def plan_export(request: ExportRequest) -> ExportPlan:
+    """Resolve defaults and refuse, up front, anything the artifact could not honour."""
+    spec = get_spec(request.model)
+    num_classes = spec.default_num_classes if request.num_classes is None else request.num_classes
+    if num_classes < 1:
+        raise SegexportError(f"--num-classes must be >= 1, got {num_classes}")
+    if request.opset not in SUPPORTED_OPSETS:
+        raise SegexportError(
+            f"--opset {request.opset} is not supported; use {SUPPORTED_OPSETS.start}.."
+            f"{SUPPORTED_OPSETS.stop - 1}"
+        )
+    default = spec.default_range()
+    max_batch = request.max_batch or default.max_batch
+    if request.batch < 1 or max_batch < request.batch:
+        raise SegexportError(f"--batch must be between 1 and --max-batch {max_batch}, got {request.batch}")
+    if spec.input_kind == "image":
+        size = request.size or spec.default_size
+        min_size = request.min_size or _at_most(default.min_size, size)
+        max_size = request.max_size or _at_least(default.max_size, size)
+        for label, (height, width) in (("--size", size), ("--min-size", min_size), ("--max-size", max_size)):
+            try:
+                spec.check_size(height, width)
+            except SegexportError as error:
+                raise SegexportError(f"{label}: {error}") from None
+        dynamic = DynamicRange(1, max_batch, min_size, max_size)
+        export_shape = InputShape(request.batch, *size)
+    else:
+        if request.size or request.min_size or request.max_size:
+            raise SegexportError(f"{spec.name} takes fixed 14x14 RoI features; sizes do not apply")
+        dynamic = DynamicRange(1, max_batch)
+        export_shape = InputShape(request.batch)
+    if not dynamic.contains(export_shape):
+        raise SegexportError(f"export shape {export_shape} is outside the range {dynamic.describe()}")
+    shapes = [export_shape, *(request.verify_shapes or _default_check_shapes(spec, export_shape, dynamic))]
+    for shape in shapes:
+        if spec.input_kind == "image":
+            assert shape.height is not None and shape.width is not None
+            spec.check_size(shape.height, shape.width)
+        if not dynamic.contains(shape):
+            raise SegexportError(f"verification shape {shape} is outside the range {dynamic.describe()}")
+    out_dir = request.out_dir or Path("artifacts") / spec.name
+    return ExportPlan(spec, num_classes, export_shape, dynamic, tuple(dict.fromkeys(shapes)), out_dir)
+
+
+def _at_most(limit: tuple[int, int] | None, size: tuple[int, int]) -> tuple[int, int]:
+    assert limit is not None
+    return (min(limit[0], size[0]), min(limit[1], size[1]))
+
+
+def _at_least(limit: tuple[int, int] | None, size: tuple[int, int]) -> tuple[int, int]:
+    assert limit is not None
+    return (max(limit[0], size[0]), max(limit[1], size[1]))
+
+
+def _default_check_shapes(spec: ModelSpec, shape: InputShape, dynamic: DynamicRange) -> list[InputShape]:
+    """A batch > 1 at the export size, and batch 1 at another aspect ratio (512x512 -> 384x640)."""
+    checks = []
+    other_batch = min(2 if shape.batch != 2 else 3, dynamic.max_batch)
+    if other_batch > 1 and other_batch != shape.batch:
+        checks.append(InputShape(other_batch, shape.height, shape.width))
+    if spec.input_kind == "roi":
+        checks.append(InputShape(dynamic.max_batch))
+        return checks
+    assert shape.height and shape.width and dynamic.min_size and dynamic.max_size
+    stride = spec.stride
+    height = _clamp(
+        _round_to(shape.height * 3 // 4, stride), dynamic.min_size[0], dynamic.max_size[0], stride
+    )
+    width = _clamp(_round_to(shape.width * 5 // 4, stride), dynamic.min_size[1], dynamic.max_size[1], stride)
+    if height * shape.width == width * shape.height:  # same aspect: grow width instead
+        width = _clamp(shape.width + stride, dynamic.min_size[1], dynamic.max_size[1], stride)
+    if height * shape.width != width * shape.height:
+        checks.append(InputShape(1, height, width))
+    return checks
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def _clamp(value: int, low: int, high: int, multiple: int) -> int:
+    low_ok = -(-low // multiple) * multiple
+    high_ok = high // multiple * multiple
+    return min(max(value, low_ok), high_ok)
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+class _OutputsAsTuple(nn.Module):
+    """Exposes any model's outputs (tensor, tuple, dict) as a flat tuple for the exporter."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from segexport.verify import flatten_outputs
+
+        return flatten_outputs(self.model(*inputs))
+
+
+def _trace_shape(plan: ExportPlan) -> InputShape:
+    """The export shape with every dynamic axis at >= 2 (torch.export specialises 1s)."""
+    shape, dynamic = plan.export_shape, plan.dynamic_range
+    batch = shape.batch if shape.batch >= 2 else min(2, dynamic.max_batch)
+    if shape.height is None or shape.width is None:
+        return InputShape(batch)
+    stride = plan.spec.stride
+    assert dynamic.max_size is not None
+    height = shape.height if shape.height >= 2 * stride else min(2 * stride, dynamic.max_size[0])
+    width = shape.width if shape.width >= 2 * stride else min(2 * stride, dynamic.max_size[1])
+    return InputShape(batch, height, width)
+
+
+def _dynamic_shapes(plan: ExportPlan) -> dict[str, dict[int, Any]]:
+    from torch.export import Dim
+
+    dynamic = plan.dynamic_range
+    spec = plan.spec
+    batch = Dim(spec.batch_axis, min=dynamic.min_batch, max=dynamic.max_batch)
+    if spec.input_kind == "roi":
+        return {"roi_features": {0: batch}, "labels": {0: batch}}
+    assert dynamic.min_size and dynamic.max_size
+    stride = spec.stride
+    # Height/width in units of the stride: the graph then knows they are multiples of it.
+    rows = Dim("height_units", min=dynamic.min_size[0] // stride, max=dynamic.max_size[0] // stride)
+    cols = Dim("width_units", min=dynamic.min_size[1] // stride, max=dynamic.max_size[1] // stride)
+    return {"image": {0: batch, 2: stride * rows, 3: stride * cols}}
+
+
+def trace_to_onnx(model: nn.Module, plan: ExportPlan, opset: int) -> onnx.ModelProto:
+    """Trace with torch.export and convert; graph I/O axes get readable names."""
+    spec = plan.spec
+    example = spec.example_inputs(_trace_shape(plan), plan.num_classes, torch.Generator().manual_seed(0))
+    captured = io.StringIO()
+    exporter_log = logging.getLogger("torch.onnx")
+    previous_level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(captured), warnings.catch_warnings(), torch.no_grad():
+            # The exporter's deprecation chatter is not the user's business.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="The axis name", category=UserWarning)
+            program = torch.onnx.export(
+                _OutputsAsTuple(model).eval(),
+                tuple(example.values()),
+                dynamo=True,
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
+                # forward(*inputs) takes one varargs tuple, so the per-input specs nest once.
+                dynamic_shapes=(tuple(_dynamic_shapes(plan).values()),),
+                opset_version=opset,
+                external_data=False,
+            )
+    except Exception as error:  # torch.export raises many types; all mean "could not trace"
+        raise SegexportError(f"{spec.name}: torch.onnx.export failed ({_export_reason(error)})") from error
+    finally:
+        exporter_log.setLevel(previous_level)
+    assert program is not None
+    proto = program.model_proto
+    name_dynamic_axes(proto, _symbol_names(program.exported_program, plan), spec.stride)
+    return proto
+
+
+def _export_reason(error: Exception) -> str:
+    """The exporter's one-line cause, from its 'Exception summary' section when present."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("<class"):
+            return line
+    return lines[0] if lines else type(error).__name__
+
+
+def _symbol_names(program: Any, plan: ExportPlan) -> dict[str, str]:
+    """Map torch.export's internal symbols (`s12`) to our axis names (`height_units`).
+
+    The exporter names graph inputs after our Dims but leaves outputs with internal
+    symbols (`8*s12`); reading the symbols off the traced inputs lets both be renamed.
+    """
+    axes = {0: plan.spec.batch_axis, 2: "height_units", 3: "width_units"}
+    names: dict[str, str] = {}
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        for index, size in enumerate(node.meta["val"].shape):
+            if isinstance(size, torch.SymInt) and index in axes:
+                for symbol in size.node.expr.free_symbols:
+                    names[str(symbol)] = axes[index]
+    return names
+
+
+_TERM = re.compile(r"^(?:(\d+)\*)?(height|width)_units$")
+
+
+def name_dynamic_axes(proto: onnx.ModelProto, symbols: dict[str, str], stride: int) -> None:
+    """Rename axes like `32*height_units` or `8*s12` to `height`, `height/4`, `batch`."""
+    for value in [*proto.graph.input, *proto.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.dim_param:
+                continue
+            text = re.sub(r"\b[su]\d+\b", lambda m: symbols.get(m.group(0), m.group(0)), dim.dim_param)
+            match = _TERM.match(text)
+            if match:
+                factor = int(match.group(1) or 1)
+                axis = match.group(2)
+                if factor == stride:
+                    text = axis
+                elif stride % factor == 0:
+                    text = f"{axis}/{stride // factor}"
+                else:
+                    text = f"{axis}*{factor}/{stride}"
+            dim.dim_param = text
+
+
+def declared_shapes(values: Any) -> list[dict[str, Any]]:
+    """Name, element type and symbolic shape of graph inputs/outputs, as JSON."""
+    described = []
+    for value in values:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
+        described.append(
+            {
+                "name": value.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+                "shape": dims,
+            }
+        )
+    return described
+
+
+# onnxsim's batched MatMul+Add -> Reshape/Gemm/Reshape rewrite adds Shape arithmetic
+# around every Linear (SegFormer-B0: 459 -> 601 nodes) and buys TensorRT nothing; it
+# also hides the MatMul inputs that INT8 Q/DQ placement targets.
+_SKIPPED_SIMPLIFIER_PASSES = ["fuse_matmul_add_bias_into_gemm", "fuse_matmul_add_bias_into_gemm_batched"]
+
+
+def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """onnxsim the graph; on failure keep the raw export and return the reason."""
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(proto, skipped_optimizers=_SKIPPED_SIMPLIFIER_PASSES)
+    except Exception as error:  # onnxsim wraps C++ errors in generic exceptions
+        return (
+            proto,
+            f"onnxsim failed: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}",
+        )
+    if not ok:
+        return proto, "onnxsim's own check failed"
+    return simplified, None
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxsim
+
+    return {
+        "segexport": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+        "numpy": np.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def build_model(plan: ExportPlan, weights: Path | None, options: dict[str, Any]) -> nn.Module:
+    model = create_model(plan.spec.name, num_classes=plan.num_classes, **options)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Export, simplify and verify one model; returns the manifest written beside it.
+
+    Raises VerificationError (and leaves nothing behind) when any shape exceeds the
+    tolerance.
+    """
+    say = progress or (lambda _message: None)
+    plan = plan_export(request)
+    spec = plan.spec
+    started = time.perf_counter()
+    with staged_directory(plan.out_dir, request.force) as staging:
+        say(f"[1/4] building {spec.name} ({plan.num_classes} classes)")
+        model = build_model(plan, request.weights, request.model_options)
+        say(f"[2/4] exporting to ONNX (opset {request.opset}, {plan.dynamic_range.describe()})")
+        traced_at = time.perf_counter()
+        raw = trace_to_onnx(model, plan, request.opset)
+        export_seconds = time.perf_counter() - traced_at
+        say("[3/4] simplifying with onnxsim")
+        simplified_at = time.perf_counter()
+        proto, simplify_note = simplify(raw)
+        simplify_seconds = time.perf_counter() - simplified_at
+        model_path = staging / MODEL_FILE
+        onnx.save(proto, str(model_path))
+        say(f"[4/4] verifying against PyTorch at {len(plan.verify_shapes)} shapes")
+        verified_at = time.perf_counter()
+        report = verify_runners(
+            spec,
+            plan.num_classes,
+            TorchRunner(model, spec.output_names, request.threads),
+            OnnxRuntimeRunner(model_path, threads=request.threads),
+            plan.verify_shapes,
+            request.tolerance,
+            progress=lambda message: say(f"      {message}"),
+        )
+        verify_seconds = time.perf_counter() - verified_at
+        manifest = _manifest(
+            plan,
+            request,
+            proto,
+            raw,
+            simplify_note,
+            report,
+            {
+                "export": round(export_seconds, 2),
+                "simplify": round(simplify_seconds, 2),
+                "verify": round(verify_seconds, 2),
+                "total": round(time.perf_counter() - started, 2),
+            },
+        )
+        if not report.passed:
+            raise VerificationError(
+                f"{spec.name}: ONNX output differs from PyTorch; no artifact written. "
+                + " | ".join(report.failures()[:3])
+            )
+        manifest["files"] = describe_files(staging)
+        write_json_atomic(staging / "manifest.json", manifest)
+    return manifest
+
+
+def _manifest(
+    plan: ExportPlan,
+    request: ExportRequest,
+    proto: onnx.ModelProto,
+    raw: onnx.ModelProto,
+    simplify_note: str | None,
+    report: VerificationReport,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    spec = plan.spec
+    dynamic = plan.dynamic_range
+    axes: dict[str, list[int]] = {spec.batch_axis: [dynamic.min_batch, dynamic.max_batch]}
+    if dynamic.min_size and dynamic.max_size:
+        axes["height"] = [dynamic.min_size[0], dynamic.max_size[0]]
+        axes["width"] = [dynamic.min_size[1], dynamic.max_size[1]]
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {
+            "name": spec.name,
+            "family": spec.family,
+            "description": spec.description,
+            "options": request.model_options,
+            "num_classes": plan.num_classes,
+            "class_names": [f"class_{i}" for i in range(plan.num_classes)],
+            "weights": str(request.weights) if request.weights else None,
+        },
+        "inputs": declared_shapes(proto.graph.input),
+        "outputs": declared_shapes(proto.graph.output),
+        "dynamic_axes": axes,
+        "export_shape": str(plan.export_shape),
+        "onnx": {
+            "opset": request.opset,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "simplified": simplify_note is None,
+            "simplify_note": simplify_note,
+            "nodes_before_simplify": len(raw.graph.node),
+            "nodes": len(proto.graph.node),
+        },
+        "versions": versions(),
+        "seconds": seconds,
+        "verification": {"fp32": report.to_dict()},
+    }
+    if spec.input_kind == "image":
+        manifest["size_rule"] = {"divisible_by": spec.stride}
+        manifest["preprocessing"] = {
+            "color_order": "RGB",
+            "layout": "NCHW",
+            "scale": 1 / 255,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "formula": "(pixel * scale - mean) / std",
+        }
+    return manifest

@@ -1,0 +1,111 @@
+"""Loading users' checkpoints safely and with errors that say what does not fit."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segexport.errors import SegexportError
+
+_NESTING_KEYS = ("state_dict", "model", "model_state_dict")
+_SHOWN = 5
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a `.pt`/`.pth` (tensors only, `weights_only=True`) or `.safetensors` file.
+
+    A state_dict nested under `state_dict`/`model` (training checkpoints) is unwrapped,
+    and a `module.` prefix (DataParallel/DDP) is stripped.
+    """
+    if not path.is_file():
+        raise SegexportError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            data: object = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise SegexportError(f"{path}: not a readable safetensors file ({error})") from error
+    else:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            reason = _unpickler_reason(error)
+            if reason.startswith("Unsupported global"):
+                raise SegexportError(
+                    f"{path}: holds Python objects, not just tensors ({reason}); refused to "
+                    "unpickle it (weights_only=True); save a plain state_dict instead"
+                ) from error
+            raise SegexportError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SegexportError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
+    return _unwrap(data, path)
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The one informative sentence of torch's long weights_only error."""
+    text = str(error)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if marker else text).splitlines() if line.strip()]
+    return lines[0].split(". ")[0] if lines else "unpickling failed"
+
+
+def _unwrap(data: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(data, Mapping):
+        nested = next((data[k] for k in _NESTING_KEYS if isinstance(data.get(k), Mapping)), None)
+        if nested is None:
+            break
+        data = nested
+    if not isinstance(data, Mapping) or not data:
+        raise SegexportError(f"{path}: no state_dict found (expected a mapping of name -> tensor)")
+    not_tensors = [k for k, v in data.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise SegexportError(
+            f"{path}: entries that are not tensors: {', '.join(map(str, not_tensors[:_SHOWN]))}"
+        )
+    state = {str(k): v for k, v in data.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _listing(items: list[str]) -> str:
+    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly; name the first missing, unexpected and mis-shaped keys on failure."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
+    if problems:
+        raise SegexportError(
+            f"{source} does not fit {type(model).__name__}: "
+            + "; ".join(problems)
+            + " (check --model, --num-classes and the model options)"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    apply_state_dict(model, read_state_dict(path), str(path))
