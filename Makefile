@@ -6,14 +6,26 @@ PIP ?= $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-fast lint typecheck bench clean
+.PHONY: install demo test test-fast lint typecheck bench demo-checkpoints clean
 
 install:
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[dev]"
 
+# The main job on the embedded default: the shipped SegFormer-B0 demo checkpoint, exported
+# to a verified ONNX artifact, then its held-out mIoU with PyTorch on the CPU.
 demo: install
-	segexport onnx --model segformer --force
+	segexport onnx --model segformer --weights demo --force
+	segexport eval --model segformer --weights demo --data synthetic
+
+# The recipes of the shipped checkpoints (models/*/demo.safetensors). CPU: ~15-25 min each.
+demo-checkpoints:
+	segexport train --model unet-small --epochs 25 --steps 100 --lr 3e-3 --eval-images 32 \
+		--out models/unet-small/demo.safetensors --force
+	segexport train --model segformer-b0 --epochs 25 --steps 100 --lr 2e-3 --eval-images 32 \
+		--out models/segformer-b0/demo.safetensors --force
+	segexport train --model deeplabv3plus-mobilenetv2 --epochs 25 --steps 100 --lr 2e-3 --eval-images 32 \
+		--out models/deeplabv3plus-mobilenetv2/demo.safetensors --force
 
 test:
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --durations=10

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +40,25 @@ def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temp file beside `path`, then rename over it."""
+def atomic_write(path: Path, write: Callable[[Path], object], force: bool = True) -> None:
+    """Call `write(temp)` on a temp file beside `path`, then rename it over `path`.
+
+    Readers never see a half-written file; without `force` an existing file is kept.
+    """
+    if path.exists() and not force:
+        raise SegexportError(f"{path} already exists; pass --force to replace it")
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+        write(Path(temp))
         os.replace(temp, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-        raise
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(path, lambda temp: temp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -110,6 +110,79 @@ def bench_export(
     return rows
 
 
+@dataclass
+class PrecisionBenchRow:
+    model: str
+    precision: str
+    onnxruntime_ms: float
+    speedup_vs_fp32: float
+    agreement: float
+    miou: float | None
+    qdq_pairs: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bench_precision(
+    models: Sequence[str],
+    size: tuple[int, int] = (512, 512),
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int = 2,
+    progress: Progress | None = None,
+) -> list[PrecisionBenchRow]:
+    """Demo checkpoint -> FP32/FP16/INT8 ONNX; ONNX Runtime CPU latency of each, side by side."""
+    from segexport.quantize import QuantizeRequest, quantize_artifact
+
+    say = progress or (lambda _message: None)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="segexport-bench-") as workdir:
+        for name in models:
+            spec = get_spec(name)
+            out = Path(workdir) / spec.name
+            say(f"{spec.name}: exporting the demo checkpoint at {size[0]}x{size[1]} and quantizing")
+            export_onnx(ExportRequest(spec.name, weights="demo", size=size, out_dir=out, threads=threads))
+            manifest = quantize_artifact(QuantizeRequest(artifacts=out, threads=threads), progress=say)
+            precisions = ["fp32", "fp16", "int8"]
+            runners = [
+                OnnxRuntimeRunner(out / ("model.onnx" if p == "fp32" else f"model.{p}.onnx"), threads=threads)
+                for p in precisions
+            ]
+            feeds = {"image": spec.example_inputs(InputShape(1, *size), 1)["image"].numpy()}
+            say(f"{spec.name}: timing {runs} interleaved runs of each precision, {threads} threads")
+            medians = interleaved_medians([partial(r.infer, feeds) for r in runners], runs, warmup)
+            for precision_name, median in zip(precisions, medians, strict=True):
+                result = manifest["precisions"][precision_name]
+                rows.append(
+                    PrecisionBenchRow(
+                        spec.name,
+                        precision_name,
+                        round(median, 2),
+                        round(medians[0] / median, 3),
+                        round(result["agreement"], 5),
+                        result.get("miou"),
+                        result.get("qdq_pairs"),
+                    )
+                )
+    return rows
+
+
+def format_precision_table(rows: Sequence[PrecisionBenchRow]) -> str:
+    lines = [
+        "| model | precision | ORT CPU ms | vs FP32 | agreement vs PyTorch FP32 | mIoU | Q/DQ pairs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        miou = "-" if row.miou is None else f"{row.miou:.4f}"
+        pairs = "-" if row.qdq_pairs is None else str(row.qdq_pairs)
+        lines.append(
+            f"| {row.model} | {row.precision} | {row.onnxruntime_ms:.1f} | {row.speedup_vs_fp32:.2f}x | "
+            f"{row.agreement:.4%} | {miou} | {pairs} |"
+        )
+    return "\n".join(lines)
+
+
 def format_export_table(rows: Sequence[ExportBenchRow]) -> str:
     header = (
         "| model | size | export s | export+verify s | nodes raw -> simplified | PyTorch CPU ms | "

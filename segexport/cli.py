@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,8 @@ def zoo(ctx: click.Context, as_json: bool) -> None:
 
 @main.command()
 @click.option("--model", "model_name", default="segformer-b0", show_default=True, help="Zoo name or alias.")
-@click.option("--weights", type=click.Path(path_type=Path), help="state_dict: .pt/.pth or .safetensors.")
-@click.option("--num-classes", type=int, help="Classes of the head (default: the model's).")
+@click.option("--weights", help="state_dict (.pt/.pth/.safetensors), or 'demo' for the shipped checkpoint.")
+@click.option("--num-classes", type=int, help="Classes of the head (default: the checkpoint's or model's).")
 @click.option("--size", callback=_size, help="Export height x width, e.g. 512x512.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Export batch size.")
 @click.option("--min-size", callback=_size, help="Smallest HxW the artifact accepts.")
@@ -143,7 +144,7 @@ def zoo(ctx: click.Context, as_json: bool) -> None:
 def onnx(
     ctx: click.Context,
     model_name: str,
-    weights: Path | None,
+    weights: str | None,
     num_classes: int | None,
     size: tuple[int, int] | None,
     batch: int,
@@ -196,26 +197,230 @@ def onnx(
     click.echo(f"wrote {summary['artifact']} ({summary['seconds']['total']:.1f} s)")
 
 
+@main.command()
+@click.option("--model", "model_name", required=True, help="Zoo name or alias.")
+@click.option(
+    "--data",
+    default="synthetic",
+    show_default=True,
+    help="'synthetic' or a folder with images/, masks/ and classes.txt.",
+)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--steps", "steps_per_epoch", type=int, default=100, show_default=True, help="Steps per epoch.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--size", callback=_size, default="128x128", show_default=True, help="Training crop HxW.")
+@click.option(
+    "--loss", default="ce+dice", show_default=True, help="Terms of ce, dice, focal, lovasz, boundary."
+)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option(
+    "--eval-images", type=int, default=16, show_default=True, help="Held-out images per evaluation."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--model-arg", "model_args", multiple=True, callback=_model_args, help="Model option KEY=VALUE."
+)
+@click.option("--fp32-storage", is_flag=True, help="Store float32 weights (default: float16).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .safetensors file.")
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def train(
+    ctx: click.Context,
+    model_name: str,
+    data: str,
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    size: tuple[int, int],
+    loss: str,
+    lr: float,
+    eval_images: int,
+    seed: int,
+    model_args: dict[str, Any],
+    fp32_storage: bool,
+    out: Path,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Train a zoo model (a helper for demos and fine-tuning), reporting held-out mIoU."""
+    from segexport.training import TrainConfig
+    from segexport.training import train as run_training
+
+    ctx.meta["json"] = as_json
+    config = TrainConfig(
+        model=model_name,
+        out=out,
+        data=data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        size=size,
+        loss=loss,
+        lr=lr,
+        eval_images=eval_images,
+        seed=seed,
+        model_options=model_args,
+        fp16_storage=not fp32_storage,
+        force=force,
+    )
+    record = run_training(config, progress=_progress)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        click.echo(
+            f"wrote {out}: held-out mIoU {record['held_out_miou']:.4f} in {record['train_seconds']:.0f} s"
+        )
+
+
+@main.command("eval")
+@click.option("--model", "model_name", required=True, help="Zoo name or alias.")
+@click.option("--weights", required=True, help="Checkpoint path, or 'demo'.")
+@click.option(
+    "--data",
+    default="synthetic",
+    show_default=True,
+    help="'synthetic' (eval split) or a folder with images/, masks/ and classes.txt.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=16, show_default=True, help="Synthetic images to evaluate."
+)
+@click.option(
+    "--size", callback=_size, help="Synthetic image size (default: the checkpoint's training size)."
+)
+@click.option(
+    "--model-arg", "model_args", multiple=True, callback=_model_args, help="Model option KEY=VALUE."
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def evaluate_command(
+    ctx: click.Context,
+    model_name: str,
+    weights: str,
+    data: str,
+    limit: int,
+    size: tuple[int, int] | None,
+    model_args: dict[str, Any],
+    as_json: bool,
+) -> None:
+    """mIoU and per-class IoU of the PyTorch model on held-out data."""
+    from segexport.training import evaluate_checkpoint
+
+    ctx.meta["json"] = as_json
+    report = evaluate_checkpoint(model_name, weights, data, limit, size, model_args)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(
+        f"{report['model']} on {report['data']} ({report['images']} images): mIoU {report['miou']:.4f}"
+    )
+    for name, iou in report["per_class_iou"].items():
+        click.echo(f"  {name:>12}: {'-' if iou is None else f'{iou:.4f}'}")
+
+
+@main.command()
+@click.option("--model", "model_name", help="Zoo name (exports first when the artifact has no model.onnx).")
+@click.option("--artifacts", type=click.Path(path_type=Path), help="Artifact directory [artifacts/MODEL].")
+@click.option("--weights", help="Checkpoint for the export step, or 'demo'.")
+@click.option("--fp16", is_flag=True, help="Write model.fp16.onnx.")
+@click.option("--int8", is_flag=True, help="Write model.int8.onnx (Q/DQ).")
+@click.option("--calib", default="synthetic", show_default=True, help="'synthetic' or a folder of images.")
+@click.option("--calib-size", type=int, default=64, show_default=True, help="Calibration images.")
+@click.option(
+    "--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True
+)
+@click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--calib-cache", type=click.Path(path_type=Path), help="Reuse (or create) a calib.json.")
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=0.99,
+    show_default=True,
+    help="INT8 argmax agreement with PyTorch FP32 below which sensitive layers stay float.",
+)
+@click.option("--eval-images", type=int, default=16, show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing precision files.")
+@click.option("--threads", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def quantize(
+    ctx: click.Context,
+    model_name: str | None,
+    artifacts: Path | None,
+    weights: str | None,
+    fp16: bool,
+    int8: bool,
+    calib: str,
+    calib_size: int,
+    method: str,
+    percentile: float,
+    calib_cache: Path | None,
+    min_agreement: float,
+    eval_images: int,
+    force: bool,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """FP16 and INT8 (Q/DQ) ONNX, calibrated and verified against PyTorch FP32."""
+    from segexport.quantize import QuantizeRequest, quantize_artifact
+
+    ctx.meta["json"] = as_json
+    both = not (fp16 or int8)
+    request = QuantizeRequest(
+        artifacts=artifacts,
+        model=model_name,
+        weights=weights,
+        fp16=fp16 or both,
+        int8=int8 or both,
+        calib=calib,
+        calib_size=calib_size,
+        method=method,
+        percentile=percentile,
+        calib_cache=calib_cache,
+        min_agreement=min_agreement,
+        eval_images=eval_images,
+        force=force,
+        threads=threads,
+    )
+    manifest = quantize_artifact(request, progress=_progress)
+    summary = {"ok": True, "model": manifest["model"]["name"], "precisions": manifest["precisions"]}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for name, result in manifest["precisions"].items():
+        miou = f", mIoU {result['miou']:.4f}" if "miou" in result else ""
+        click.echo(f"  {name:>5}: agreement {result['agreement']:.4%}, rel L2 {result['rel_l2']:.2e}{miou}")
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print tables (medians of interleaved runs)."""
 
 
-@bench.command("export")
-@click.option(
-    "--models",
-    default="segformer-b0,unet,deeplabv3plus",
-    show_default=True,
-    help="Comma-separated zoo names.",
-)
-@click.option("--size", callback=_size, default="512x512", show_default=True)
-@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def bench_export_command(
+def _bench_options(default_models: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options every benchmark takes."""
+    options = [
+        click.option(
+            "--models", default=default_models, show_default=True, help="Comma-separated zoo names."
+        ),
+        click.option("--size", callback=_size, default="512x512", show_default=True),
+        click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True),
+        click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--json", "as_json", is_flag=True),
+    ]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _run_bench(
     ctx: click.Context,
+    kind: str,
     models: str,
     size: tuple[int, int],
     runs: int,
@@ -223,19 +428,39 @@ def bench_export_command(
     threads: int,
     as_json: bool,
 ) -> None:
-    """Export time, node counts, and PyTorch vs ONNX Runtime CPU latency."""
-    from segexport.bench import bench_export, format_export_table, machine_note
+    from segexport import bench as benchmarks
 
     ctx.meta["json"] = as_json
     names = [name.strip() for name in models.split(",") if name.strip()]
-    rows = bench_export(names, size, runs, warmup, threads, progress=_progress)
+    rows: Sequence[Any]
+    if kind == "export":
+        rows = benchmarks.bench_export(names, size, runs, warmup, threads, progress=_progress)
+        table = benchmarks.format_export_table(rows)
+    else:
+        rows = benchmarks.bench_precision(names, size, runs, warmup, threads, progress=_progress)
+        table = benchmarks.format_precision_table(rows)
+    machine = benchmarks.machine_note(threads)
     if as_json:
-        click.echo(
-            json.dumps({"machine": machine_note(threads), "rows": [r.to_dict() for r in rows]}, indent=2)
-        )
+        click.echo(json.dumps({"machine": machine, "rows": [row.to_dict() for row in rows]}, indent=2))
         return
-    click.echo(f"machine: {machine_note(threads)}; medians of {runs} interleaved runs after {warmup} warm-up")
-    click.echo(format_export_table(rows))
+    click.echo(f"machine: {machine}; medians of {runs} interleaved runs after {warmup} warm-up")
+    click.echo(table)
+
+
+@bench.command("export")
+@_bench_options("segformer-b0,unet,deeplabv3plus")
+@click.pass_context
+def bench_export_command(ctx: click.Context, **options: Any) -> None:
+    """Export time, node counts, and PyTorch vs ONNX Runtime CPU latency."""
+    _run_bench(ctx, "export", **options)
+
+
+@bench.command("precision")
+@_bench_options("segformer-b0,unet-small,deeplabv3plus-mobilenetv2")
+@click.pass_context
+def bench_precision_command(ctx: click.Context, **options: Any) -> None:
+    """FP32 vs FP16 vs INT8 ONNX Runtime CPU latency and accuracy on the demo checkpoints."""
+    _run_bench(ctx, "precision", **options)
 
 
 def export_summary(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:

@@ -28,12 +28,18 @@ import torch
 from torch import nn
 
 from segexport import __version__
-from segexport.artifacts import SCHEMA_VERSION, describe_files, staged_directory, write_json_atomic
+from segexport.artifacts import (
+    SCHEMA_VERSION,
+    describe_files,
+    sha256_file,
+    staged_directory,
+    write_json_atomic,
+)
 from segexport.errors import SegexportError, VerificationError
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.shapes import DynamicRange, InputShape
 from segexport.verify import Tolerance, TorchRunner, VerificationReport, verify_runners
-from segexport.weights import load_weights
+from segexport.weights import Weights, load_weights, resolve_weights
 from segexport.zoo.registry import ModelSpec, create_model, get_spec
 
 Progress = Callable[[str], None]
@@ -49,7 +55,7 @@ class ExportRequest:
 
     model: str
     num_classes: int | None = None
-    weights: Path | None = None
+    weights: str | Path | None = None  # a checkpoint path, or "demo" for the shipped one
     size: tuple[int, int] | None = None
     batch: int = 1
     min_size: tuple[int, int] | None = None
@@ -74,12 +80,19 @@ class ExportPlan:
     dynamic_range: DynamicRange
     verify_shapes: tuple[InputShape, ...]
     out_dir: Path
+    weights: Weights | None
+    class_names: tuple[str, ...]
 
 
 def plan_export(request: ExportRequest) -> ExportPlan:
     """Resolve defaults and refuse, up front, anything the artifact could not honour."""
     spec = get_spec(request.model)
-    num_classes = spec.default_num_classes if request.num_classes is None else request.num_classes
+    weights = None if request.weights is None else resolve_weights(spec.name, request.weights)
+    trained_names = weights.class_names if weights else None
+    if request.num_classes is not None:
+        num_classes = request.num_classes
+    else:
+        num_classes = len(trained_names) if trained_names else spec.default_num_classes
     if num_classes < 1:
         raise SegexportError(f"--num-classes must be >= 1, got {num_classes}")
     if request.opset not in SUPPORTED_OPSETS:
@@ -117,7 +130,13 @@ def plan_export(request: ExportRequest) -> ExportPlan:
         if not dynamic.contains(shape):
             raise SegexportError(f"verification shape {shape} is outside the range {dynamic.describe()}")
     out_dir = request.out_dir or Path("artifacts") / spec.name
-    return ExportPlan(spec, num_classes, export_shape, dynamic, tuple(dict.fromkeys(shapes)), out_dir)
+    if trained_names and len(trained_names) == num_classes:
+        class_names = tuple(trained_names)
+    else:
+        class_names = tuple(f"class_{i}" for i in range(num_classes))
+    return ExportPlan(
+        spec, num_classes, export_shape, dynamic, tuple(dict.fromkeys(shapes)), out_dir, weights, class_names
+    )
 
 
 def _at_most(limit: tuple[int, int] | None, size: tuple[int, int]) -> tuple[int, int]:
@@ -349,10 +368,10 @@ def versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- pipeline
 
 
-def build_model(plan: ExportPlan, weights: Path | None, options: dict[str, Any]) -> nn.Module:
+def build_model(plan: ExportPlan, options: dict[str, Any]) -> nn.Module:
     model = create_model(plan.spec.name, num_classes=plan.num_classes, **options)
-    if weights is not None:
-        load_weights(model, weights)
+    if plan.weights is not None:
+        load_weights(model, plan.weights.path)
     return model.eval()
 
 
@@ -368,7 +387,7 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
     started = time.perf_counter()
     with staged_directory(plan.out_dir, request.force) as staging:
         say(f"[1/4] building {spec.name} ({plan.num_classes} classes)")
-        model = build_model(plan, request.weights, request.model_options)
+        model = build_model(plan, request.model_options)
         say(f"[2/4] exporting to ONNX (opset {request.opset}, {plan.dynamic_range.describe()})")
         traced_at = time.perf_counter()
         raw = trace_to_onnx(model, plan, request.opset)
@@ -438,8 +457,13 @@ def _manifest(
             "description": spec.description,
             "options": request.model_options,
             "num_classes": plan.num_classes,
-            "class_names": [f"class_{i}" for i in range(plan.num_classes)],
-            "weights": str(request.weights) if request.weights else None,
+            "class_names": list(plan.class_names),
+            "weights": (
+                {"path": str(plan.weights.path.resolve()), "sha256": sha256_file(plan.weights.path)}
+                if plan.weights
+                else None
+            ),
+            "trained": plan.weights.record if plan.weights and plan.weights.record else None,
         },
         "inputs": declared_shapes(proto.graph.input),
         "outputs": declared_shapes(proto.graph.output),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from segexport.artifacts import atomic_write
 from segexport.errors import SegexportError
 
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict")
@@ -109,3 +113,71 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 def load_weights(model: nn.Module, path: Path) -> None:
     apply_state_dict(model, read_state_dict(path), str(path))
+
+
+# Shipped demo checkpoints: models/<model name>/demo.safetensors, beside their recipe.
+DEMO_DIR = Path(__file__).resolve().parents[1] / "models"
+_METADATA_KEY = "segexport"
+# BatchNorm statistics keep float32: fp16 would flush small variances towards zero.
+_KEEP_FP32 = ("running_mean", "running_var")
+
+
+def save_checkpoint(
+    model: nn.Module, path: Path, record: dict[str, Any], fp16: bool = True, force: bool = False
+) -> None:
+    """Write a .safetensors state_dict with the training record in its header, atomically."""
+    from safetensors.torch import save_file
+
+    if path.exists() and not force:  # checked before training's results are computed too
+        raise SegexportError(f"{path} already exists; pass --force to replace it")
+    if path.suffix != ".safetensors":
+        raise SegexportError(f"{path}: checkpoints are written as .safetensors")
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        if fp16 and tensor.is_floating_point() and not key.endswith(_KEEP_FP32):
+            tensor = tensor.half()
+        state[key] = tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda temp: save_file(state, str(temp), metadata={_METADATA_KEY: json.dumps(record)}))
+
+
+def checkpoint_record(path: Path) -> dict[str, Any] | None:
+    """The training record a segexport checkpoint carries (class names, size, mIoU)."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise SegexportError(f"{path}: not a readable safetensors file ({error})") from error
+    raw = metadata.get(_METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+@dataclass(frozen=True)
+class Weights:
+    path: Path
+    record: dict[str, Any] | None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None if self.record is None else list(self.record["class_names"])
+
+
+def resolve_weights(model_name: str, value: str | Path) -> Weights:
+    """A checkpoint path, or `demo` for the checkpoint shipped with the model."""
+    if str(value) == "demo":
+        path = DEMO_DIR / model_name / "demo.safetensors"
+        if not path.is_file():
+            shipped = sorted(p.parent.name for p in DEMO_DIR.glob("*/demo.safetensors"))
+            raise SegexportError(
+                f"no demo checkpoint for {model_name}; shipped: {', '.join(shipped) or 'none'}"
+            )
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise SegexportError(f"checkpoint {path} does not exist")
+    return Weights(path, checkpoint_record(path))

@@ -13,6 +13,7 @@ from segexport.runtime import open_artifact
 from segexport.shapes import InputShape
 from segexport.verify import Tolerance
 from segexport.zoo import create_model, get_spec, list_models
+from tests.qdq_checks import assert_qdq_well_formed, random_int8
 
 # FCN's fc6/fc7 are 4096 wide (102M + 16M parameters); a narrow head keeps the test fast
 # while exercising the same graph.
@@ -20,7 +21,8 @@ SMALL_OPTIONS = {"fcn": {"fc_channels": 64}, "fcn8s": {"fc_channels": 64}}
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_zoo_model_exports_and_verifies(name: str, tmp_path: Path) -> None:
+def test_every_zoo_model_exports_verifies_and_quantizes(name: str, tmp_path: Path) -> None:
+    """One export per zoo model (exports are the slow part), checked as FP32 and as INT8."""
     spec = get_spec(name)
     size = (64, 64) if spec.input_kind == "image" else None
     manifest = export_onnx(
@@ -40,6 +42,7 @@ def test_every_zoo_model_exports_and_verifies(name: str, tmp_path: Path) -> None
         assert graph_input[2:] == ["height", "width"]
         other_aspects = {s["shape"] for s in shapes} - {"1x64x64", "2x64x64"}
         assert other_aspects, "no shape with another aspect ratio was verified"
+    assert assert_qdq_well_formed(random_int8(tmp_path / name)) > 0
 
 
 def test_manifest_records_what_users_need(small_artifact: Path) -> None:

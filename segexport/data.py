@@ -1,0 +1,245 @@
+"""Images and label masks: a deterministic synthetic scene generator and folder readers.
+
+No dataset can be downloaded here, and precision checks need in-distribution images
+with labels, so segexport brings its own: textured shapes whose class is decided by
+texture and shape, never by colour (every object gets random colours). numpy only, so
+the runtime side can use it without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segexport.errors import SegexportError
+
+IGNORE_INDEX = 255
+SYNTHETIC_CLASSES = ("background", "stripes", "checkers", "dots", "noise", "gradient", "rings")
+# Seeds of the documented splits; each image i of a split uses seed (split_seed, i).
+SPLIT_SEEDS = {"train": 0, "calibration": 1, "eval": 2}
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class SyntheticScenes:
+    """Image i of split s is a pure function of (s, i, size): reproducible anywhere."""
+
+    split: str = "train"
+    length: int = 64
+    size: tuple[int, int] = (128, 128)
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLIT_SEEDS:
+            raise SegexportError(f"unknown split {self.split!r}; use one of {sorted(SPLIT_SEEDS)}")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return SYNTHETIC_CLASSES
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB uint8 [H, W, 3], labels int64 [H, W])."""
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng([SPLIT_SEEDS[self.split], index])
+        return render_scene(rng, *self.size)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return (self[i] for i in range(len(self)))
+
+
+def _texture(
+    kind: int, rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """A [H, W] pattern in [0, 1] whose structure (not colour) identifies the class."""
+    angle = rng.uniform(0, np.pi)
+    period = rng.uniform(5, 10)
+    u = xs * np.cos(angle) + ys * np.sin(angle)
+    v = -xs * np.sin(angle) + ys * np.cos(angle)
+    name = SYNTHETIC_CLASSES[kind]
+    if name == "stripes":
+        return (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
+    if name == "checkers":
+        return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+    if name == "dots":
+        cu = (u / period) % 1 - 0.5
+        cv = (v / period) % 1 - 0.5
+        return (cu**2 + cv**2 < 0.08).astype(np.float32)
+    if name == "noise":
+        return (rng.random(ys.shape) > 0.5).astype(np.float32)
+    if name == "gradient":
+        # A full dark-to-bright ramp across the object itself, not across the image.
+        inside = u[mask]
+        span = max(float(np.ptp(inside)), 1.0)
+        return np.clip((u - inside.min()) / span, 0, 1).astype(np.float32)
+    # rings: concentric circles around the object's own centre, so that their curvature
+    # shows inside the object (rings centred far away look like stripes)
+    cy, cx = float(ys[mask].mean()), float(xs[mask].mean())
+    radius = np.hypot(ys - cy, xs - cx)
+    return (np.sin(2 * np.pi * radius / period) > 0).astype(np.float32)
+
+
+def _shape_mask(
+    rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, height: int, width: int
+) -> np.ndarray:
+    scale = rng.uniform(0.15, 0.4) * min(height, width)
+    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    kind = rng.integers(3)
+    if kind == 0:  # ellipse
+        ry, rx = scale * rng.uniform(0.6, 1.2), scale * rng.uniform(0.6, 1.2)
+        return ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+    angle = rng.uniform(0, np.pi)
+    u = (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)
+    v = -(xs - cx) * np.sin(angle) + (ys - cy) * np.cos(angle)
+    if kind == 1:  # rotated rectangle
+        return (np.abs(u) <= scale * rng.uniform(0.6, 1.3)) & (np.abs(v) <= scale * rng.uniform(0.5, 1.0))
+    # triangle: three half-planes
+    inside = np.ones_like(u, dtype=bool)
+    for corner in range(3):
+        theta = angle + corner * 2 * np.pi / 3
+        inside &= (xs - cx) * np.cos(theta) + (ys - cy) * np.sin(theta) <= scale * 0.7
+    return inside
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, size=3).astype(np.float32)
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    # Background: smooth, muted colour field plus clutter strokes (class 0).
+    coarse = (128 + rng.uniform(-60, 60, size=(4, 4, 3))).astype(np.float32)
+    gy = np.linspace(0, 3, height)[:, None]
+    gx = np.linspace(0, 3, width)[None, :]
+    y0, x0 = np.floor(gy).astype(int).clip(0, 2), np.floor(gx).astype(int).clip(0, 2)
+    fy, fx = (gy - y0)[..., None], (gx - x0)[..., None]
+    image = (
+        coarse[y0, x0] * (1 - fy) * (1 - fx)
+        + coarse[y0 + 1, x0] * fy * (1 - fx)
+        + coarse[y0, x0 + 1] * (1 - fy) * fx
+        + coarse[y0 + 1, x0 + 1] * fy * fx
+    ).astype(np.float32)
+    for _ in range(rng.integers(2, 6)):
+        angle = rng.uniform(0, np.pi)
+        offset = rng.uniform(-max(height, width), max(height, width))
+        line = np.abs(xs * np.cos(angle) + ys * np.sin(angle) - offset) < rng.uniform(0.5, 1.5)
+        image[line] = _random_colour(rng)
+    labels = np.zeros((height, width), dtype=np.int64)
+    # Objects, painted in order: later ones occlude earlier ones.
+    for _ in range(rng.integers(2, 6)):
+        kind = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
+        mask = _shape_mask(rng, ys, xs, height, width)
+        if mask.sum() < 16:
+            continue
+        pattern = _texture(kind, rng, ys, xs, mask)[..., None]
+        low, high = _random_colour(rng), _random_colour(rng)
+        while np.abs(high - low).sum() < 120:  # keep the texture visible
+            high = _random_colour(rng)
+        image[mask] = (low + (high - low) * pattern)[mask]
+        labels[mask] = kind
+    image += rng.normal(0, rng.uniform(2, 8), size=image.shape).astype(np.float32)  # sensor noise
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _list_images(folder: Path, what: str) -> list[Path]:
+    if not folder.is_dir():
+        raise SegexportError(f"{what} folder {folder} does not exist or is not a directory")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise SegexportError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Any PIL-readable image as RGB uint8 [H, W, 3]: grayscale, RGBA, palette, 16-bit."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16/32-bit grayscale: scale the full range to 8 bits, not clip it.
+                array = np.asarray(image, dtype=np.float64)
+                peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+                gray = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise SegexportError(f"{path}: unreadable image ({error})") from error
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A palette or grayscale PNG of class indices (255 = ignore) as int64 [H, W]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("P", "L", "I", "I;16"):
+                raise SegexportError(
+                    f"{path}: mask mode {image.mode} is not a palette or grayscale index image"
+                )
+            return np.asarray(image, dtype=np.int64)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise SegexportError(f"{path}: unreadable mask ({error})") from error
+
+
+@dataclass(frozen=True)
+class FolderDataset:
+    """images/NAME.ext + masks/NAME.png, as VOC/Cityscapes-style exports lay them out."""
+
+    images: Sequence[Path]
+    masks: Sequence[Path]
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def from_dirs(cls, images_dir: Path, masks_dir: Path, class_names: Sequence[str]) -> FolderDataset:
+        images = _list_images(images_dir, "images")
+        by_stem = {p.stem: p for p in _list_images(masks_dir, "masks")}
+        missing = [p.name for p in images if p.stem not in by_stem]
+        if missing:
+            raise SegexportError(f"no mask in {masks_dir} for {', '.join(missing[:5])}")
+        return cls(images, [by_stem[p.stem] for p in images], tuple(class_names))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = read_rgb(self.images[index]), read_mask(self.masks[index])
+        if image.shape[:2] != mask.shape:
+            raise SegexportError(
+                f"{self.images[index].name}: image is {image.shape[1]}x{image.shape[0]} but its mask "
+                f"is {mask.shape[1]}x{mask.shape[0]}"
+            )
+        valid = mask != IGNORE_INDEX
+        if valid.any() and int(mask[valid].max()) >= len(self.class_names):
+            raise SegexportError(
+                f"{self.masks[index].name}: label {int(mask[valid].max())} >= {len(self.class_names)} classes"
+            )
+        return image, mask
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """Images without labels, for calibration."""
+
+    images: Sequence[Path]
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> ImageFolder:
+        return cls(_list_images(folder, "calibration images"))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return read_rgb(self.images[index])

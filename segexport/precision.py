@@ -1,0 +1,302 @@
+"""Reduced precision decided in the ONNX graph, where ONNX Runtime can check it on the CPU.
+
+TensorRT 11 builds strongly typed networks only: FP16 comes from FP16 tensors in the
+graph and INT8 from Q/DQ nodes; Jetson's TensorRT 10 builds the same graphs. So this
+stage writes `model.fp16.onnx` (FP32 inputs/outputs, overflow-prone ops kept in FP32)
+and `model.int8.onnx` (symmetric INT8 Q/DQ on the inputs of compute ops, per-channel
+weights, calibrated per-tensor activations).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from segexport.errors import SegexportError
+
+# Ops that overflow or lose too much in FP16 (platform notes): normalisation statistics,
+# softmax over attention scores, exponentials and roots.
+FP32_OPS = (
+    "LayerNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Log",
+)
+
+# Explicit quantization as TensorRT expects it: Q/DQ on the inputs of compute ops only.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def to_fp16(model: onnx.ModelProto, keep_fp32_ops: Sequence[str] = FP32_OPS) -> onnx.ModelProto:
+    """FP16 weights and activations, FP32 graph inputs/outputs and `keep_fp32_ops`."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(keep_fp32_ops))
+    remove_cast_round_trips(converted)
+    return converted
+
+
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    return types
+
+
+def remove_cast_round_trips(model: onnx.ModelProto) -> int:
+    """Drop Cast(x -> T) followed only by Casts back to x's type; returns pairs removed.
+
+    The FP16 converter wraps each FP32-kept node in casts, so two adjacent FP32 ops get
+    a Cast to FP16 and straight back between them: a precision loss for no gain.
+    """
+    graph = model.graph
+    types = _element_types(model)
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    removed = 0
+    dropped: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "Cast" or node.output[0] in outputs or id(node) in dropped:
+            continue
+        source = node.input[0]
+        followers = consumers.get(node.output[0], [])
+        back = [
+            f
+            for f in followers
+            if f.op_type == "Cast" and _cast_to(f) == types.get(source) and f.output[0] not in outputs
+        ]
+        if not followers or len(back) != len(followers):
+            continue
+        for follower in back:
+            for user in consumers.get(follower.output[0], []):
+                for index, name in enumerate(user.input):
+                    if name == follower.output[0]:
+                        user.input[index] = source
+            consumers.setdefault(source, []).extend(consumers.get(follower.output[0], []))
+            dropped.add(id(follower))
+        dropped.add(id(node))
+        removed += 1
+    kept = [n for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return removed
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next(a.i for a in node.attribute if a.name == "to")
+
+
+def cast_round_trips(model: onnx.ModelProto) -> list[str]:
+    """Names of Casts whose only consumers cast straight back (should be none)."""
+    types = _element_types(model)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Cast":
+            continue
+        followers = consumers.get(node.output[0], [])
+        if followers and all(
+            f.op_type == "Cast" and _cast_to(f) == types.get(node.input[0]) for f in followers
+        ):
+            found.append(node.name)
+    return found
+
+
+# --------------------------------------------------------------------------- INT8
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Activation ranges keyed by tensor name, tied to the FP32 graph they came from."""
+
+    method: str
+    ranges: dict[str, tuple[float, float]]
+    graph_sha256: str
+    images: int
+    percentile: float | None = None
+
+    def save(self, path: Path) -> None:
+        data = {
+            "graph_sha256": self.graph_sha256,
+            "method": self.method,
+            "percentile": self.percentile,
+            "images": self.images,
+            "ranges": {name: [low, high] for name, (low, high) in sorted(self.ranges.items())},
+        }
+        path.write_text(json.dumps(data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, graph_sha256: str) -> Calibration:
+        try:
+            data = json.loads(path.read_text())
+            ranges = {name: (float(low), float(high)) for name, (low, high) in data["ranges"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SegexportError(f"{path}: not a segexport calibration cache ({error})") from error
+        if data.get("graph_sha256") != graph_sha256:
+            raise SegexportError(
+                f"{path}: calibration cache is for another graph "
+                f"(sha256 {str(data.get('graph_sha256'))[:12]}..., "
+                f"this model.onnx is {graph_sha256[:12]}...); recalibrate without --calib-cache"
+            )
+        return cls(data["method"], ranges, graph_sha256, int(data["images"]), data.get("percentile"))
+
+
+def calibrate(
+    model_path: Path,
+    batches: Iterable[dict[str, np.ndarray]],
+    method: str,
+    graph_sha256: str,
+    workdir: Path,
+    percentile: float = 99.99,
+) -> Calibration:
+    """Collect activation ranges with ONNX Runtime's calibrators (minmax/entropy/percentile)."""
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if method not in methods:
+        raise SegexportError(f"--method {method!r}: use one of {', '.join(methods)}")
+    feeds = list(batches)
+    if not feeds:
+        raise SegexportError("the calibration set is empty")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.pending = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.pending, None)
+
+    extra: dict[str, object] = {"symmetric": True}
+    if method == "percentile":
+        extra["percentile"] = percentile
+    calibrator = create_calibrator(
+        model_path,
+        augmented_model_path=str(workdir / "augmented.onnx"),
+        calibrate_method=methods[method],
+        extra_options=extra,
+    )
+    calibrator.collect_data(_Reader())
+    tensors = calibrator.compute_data()
+    ranges = {
+        name: (float(np.asarray(data.range_value[0]).min()), float(np.asarray(data.range_value[1]).max()))
+        for name, data in tensors.items()
+    }
+    return Calibration(
+        method,
+        ranges,
+        graph_sha256,
+        sum(len(f[next(iter(f))]) for f in feeds),
+        percentile if method == "percentile" else None,
+    )
+
+
+def output_producers(model: onnx.ModelProto) -> list[str]:
+    """Compute nodes whose result reaches a graph output through no other compute node.
+
+    The final classifier stays float: its logits are what argmax reads.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found: list[str] = []
+    stack = [o.name for o in model.graph.output]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        node = producer.get(name)
+        if node is None or name in seen:
+            continue
+        seen.add(name)
+        if node.op_type in QUANTIZED_OPS:
+            found.append(node.name)
+            continue
+        stack.extend(node.input)
+    return found
+
+
+def to_int8(
+    model: onnx.ModelProto, calibration: Calibration, keep_float: Sequence[str] = ()
+) -> onnx.ModelProto:
+    """Symmetric INT8 Q/DQ (zero point 0) on compute-op inputs; `keep_float` nodes untouched."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    tensors = TensorsData(
+        CalibrationMethod.MinMax,
+        {name: (np.float32(low), np.float32(high)) for name, (low, high) in calibration.ranges.items()},
+    )
+    excluded = sorted({*output_producers(model), *keep_float})
+    quantizer = QDQQuantizer(
+        onnx.ModelProto.FromString(model.SerializeToString()),
+        True,  # per-channel weights
+        False,  # no reduce_range: TensorRT and VNNI use the full INT8 range
+        QuantType.QInt8,
+        QuantType.QInt8,
+        tensors,
+        [],
+        excluded,
+        list(QUANTIZED_OPS),
+        # Bias stays float: TensorRT's Q/DQ types are INT8/INT4/FP8/FP4, not INT32.
+        {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
+    return quantizer.quantize_model()
+
+
+def qdq_pairs(model: onnx.ModelProto) -> list[dict[str, object]]:
+    """Every DequantizeLinear with its scale/zero point facts and the op it feeds."""
+    initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    pairs = []
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        scale = initializers.get(node.input[1])
+        zero = initializers.get(node.input[2]) if len(node.input) > 2 else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        quantized = initializers.get(node.input[0])
+        pairs.append(
+            {
+                "node": node.name,
+                "input": node.input[0],
+                "is_weight": quantized is not None,
+                "dtype": None if zero is None else str(zero.dtype),
+                "zero_point_max": None if zero is None else int(np.abs(zero).max()),
+                "scale": scale,
+                "axis": axis,
+                "weight_shape": None if quantized is None else list(quantized.shape),
+                "consumers": [
+                    (c.op_type, list(c.input).index(node.output[0]), c)
+                    for c in consumers.get(node.output[0], [])
+                ],
+            }
+        )
+    return pairs
+
+
+def elem_type_name(elem_type: int) -> str:
+    return TensorProto.DataType.Name(elem_type)

@@ -1,0 +1,335 @@
+"""`segexport quantize`: FP16 and INT8 ONNX beside a verified FP32 artifact, checked on real data.
+
+The graph transforms live in `precision`; this module feeds them calibration images
+through the runtime's preprocessing, measures each precision against PyTorch FP32 on
+the evaluation split (agreement, relative L2, mIoU), keeps the most sensitive layers
+in float when INT8 misses the agreement target, and records everything in the manifest.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from segexport import precision
+from segexport.artifacts import (
+    atomic_write,
+    describe_files,
+    read_manifest,
+    sha256_file,
+    vouched_path,
+    write_json_atomic,
+)
+from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
+from segexport.errors import SegexportError
+from segexport.export import ExportRequest, export_onnx
+from segexport.metrics import confusion_matrix, iou_report
+from segexport.runtime import OnnxRuntimeRunner, preprocess
+from segexport.verify import TorchRunner
+from segexport.weights import load_weights
+from segexport.zoo import create_model, get_spec
+
+Progress = Callable[[str], None]
+RECOMMENDED_CALIBRATION_IMAGES = 32
+
+
+@dataclass
+class QuantizeRequest:
+    artifacts: Path | None = None
+    model: str | None = None
+    weights: str | None = None
+    fp16: bool = True
+    int8: bool = True
+    calib: str = "synthetic"
+    calib_size: int = 64
+    method: str = "minmax"
+    percentile: float = 99.99
+    calib_cache: Path | None = None
+    min_agreement: float = 0.99
+    eval_images: int = 16
+    force: bool = False
+    threads: int | None = None
+
+
+@dataclass
+class EvalSet:
+    """Preprocessed evaluation images, their ground truth (if any) and PyTorch's answers."""
+
+    inputs: list[np.ndarray]
+    labels: list[np.ndarray] | None
+    reference: list[np.ndarray]
+    class_names: tuple[str, ...]
+
+
+def _image_size(manifest: dict[str, Any]) -> tuple[int, int]:
+    trained = manifest["model"].get("trained") or {}
+    if "input_size" in trained:
+        height, width = trained["input_size"]
+        return int(height), int(width)
+    _, height, width = (int(v) for v in manifest["export_shape"].split("x"))
+    return height, width
+
+
+def calibration_batches(
+    source: str, count: int, size: tuple[int, int], manifest: dict[str, Any], progress: Progress
+) -> list[dict[str, np.ndarray]]:
+    """Calibration inputs, read and preprocessed exactly as the runtime would."""
+    prep = manifest["preprocessing"]
+    if count < 1:
+        raise SegexportError(f"--calib-size must be >= 1, got {count}")
+    if source == "synthetic":
+        images = [image for image, _ in SyntheticScenes("calibration", count, size)]
+    else:
+        folder = ImageFolder.from_dir(Path(source))
+        images = [_resize(folder[i], size) for i in range(min(count, len(folder)))]
+    if len(images) < RECOMMENDED_CALIBRATION_IMAGES:
+        warnings.warn(
+            f"only {len(images)} calibration images; {RECOMMENDED_CALIBRATION_IMAGES}+ are recommended",
+            stacklevel=2,
+        )
+        progress(
+            f"warning: only {len(images)} calibration images ({RECOMMENDED_CALIBRATION_IMAGES}+ recommended)"
+        )
+    return [{"image": preprocess(image, prep["mean"], prep["std"], prep["scale"])} for image in images]
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == size:
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def _reference_model(manifest: dict[str, Any]) -> torch.nn.Module:
+    info = manifest["model"]
+    model = create_model(info["name"], num_classes=info["num_classes"], **info.get("options", {}))
+    weights = info.get("weights")
+    if not weights:
+        raise SegexportError(
+            f"{info['name']} was exported with random weights: precision cannot be judged on them; "
+            "export with --weights CKPT (or --weights demo)"
+        )
+    path = Path(weights["path"])
+    if not path.is_file() or sha256_file(path) != weights["sha256"]:
+        raise SegexportError(f"{path}: the checkpoint this artifact was exported from is missing or changed")
+    load_weights(model, path)
+    return model.eval()
+
+
+def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) -> EvalSet:
+    """The synthetic eval split when the model was trained on it; random inputs otherwise."""
+    spec = get_spec(manifest["model"]["name"])
+    class_names = tuple(manifest["model"]["class_names"])
+    size = _image_size(manifest)
+    reference = TorchRunner(_reference_model(manifest), spec.output_names, threads)
+    prep = manifest["preprocessing"]
+    inputs: list[np.ndarray] = []
+    labels: list[np.ndarray] | None = []
+    if class_names == SYNTHETIC_CLASSES:
+        assert labels is not None
+        for image, label in SyntheticScenes("eval", count, size):
+            inputs.append(preprocess(image, prep["mean"], prep["std"], prep["scale"]))
+            labels.append(label[None])
+    else:
+        labels = None
+        generator = np.random.default_rng(0)
+        inputs = [generator.normal(size=(1, 3, *size)).astype(np.float32) for _ in range(count)]
+    outputs = [reference.infer({"image": x})[spec.output_names[0]] for x in inputs]
+    return EvalSet(inputs, labels, outputs, class_names)
+
+
+def measure(path: Path, evalset: EvalSet, threads: int | None) -> dict[str, Any]:
+    """Agreement, relative L2 and mIoU of one ONNX file against PyTorch FP32."""
+    runner = OnnxRuntimeRunner(path, threads=threads)
+    name = runner.output_names[0]
+    num_classes = len(evalset.class_names)
+    agree = total = 0
+    squared_error = squared_norm = 0.0
+    truth_confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    reference_confusion = np.zeros_like(truth_confusion)
+    nonfinite = 0
+    for index, (x, expected) in enumerate(zip(evalset.inputs, evalset.reference, strict=True)):
+        actual = runner.infer({"image": x})[name]
+        nonfinite += int(np.size(actual) - np.count_nonzero(np.isfinite(actual)))
+        predicted, wanted = actual.argmax(1), expected.argmax(1)
+        agree += int((predicted == wanted).sum())
+        total += predicted.size
+        squared_error += float(np.square(actual.astype(np.float64) - expected).sum())
+        squared_norm += float(np.square(expected.astype(np.float64)).sum())
+        if evalset.labels is not None:
+            truth_confusion += confusion_matrix(evalset.labels[index], predicted, num_classes)
+            reference_confusion += confusion_matrix(evalset.labels[index], wanted, num_classes)
+    result: dict[str, Any] = {
+        "agreement": agree / total,
+        "rel_l2": (squared_error / max(squared_norm, 1e-30)) ** 0.5,
+        "nonfinite": nonfinite,
+        "images": len(evalset.inputs),
+    }
+    if evalset.labels is not None:
+        result["miou"] = iou_report(truth_confusion, evalset.class_names).miou
+        result["miou_pytorch_fp32"] = iou_report(reference_confusion, evalset.class_names).miou
+    return result
+
+
+def sensitivity_ranking(
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, inputs: list[np.ndarray], workdir: Path
+) -> list[tuple[str, float]]:
+    """Quantized compute nodes ordered by how much error each adds (its output error minus
+    the largest error of the compute nodes feeding it)."""
+    compute = [n for n in fp32.graph.node if n.op_type in precision.QUANTIZED_OPS]
+    names = {n.output[0]: n.name for n in compute}
+    errors: dict[str, float] = {}
+    outputs = {}
+    for tag, model in (("fp32", fp32), ("int8", int8)):
+        probe = onnx.ModelProto.FromString(model.SerializeToString())
+        existing = {o.name for o in probe.graph.output}
+        for tensor in names:
+            if tensor not in existing:
+                probe.graph.output.append(onnx.ValueInfoProto(name=tensor))
+        path = workdir / f"probe_{tag}.onnx"
+        onnx.save(probe, str(path))
+        runner = OnnxRuntimeRunner(path)
+        outputs[tag] = [runner.infer({"image": x}) for x in inputs[:4]]
+    for tensor in names:
+        num = sum(
+            float(np.square(b[tensor] - a[tensor]).sum())
+            for a, b in zip(outputs["fp32"], outputs["int8"], strict=True)
+        )
+        den = sum(float(np.square(a[tensor]).sum()) for a in outputs["fp32"])
+        errors[tensor] = (num / max(den, 1e-30)) ** 0.5
+    producer = {out: node for node in fp32.graph.node for out in node.output}
+
+    def upstream_error(tensor: str, seen: set[str]) -> float:
+        node = producer.get(tensor)
+        if node is None or tensor in seen:
+            return 0.0
+        seen.add(tensor)
+        if tensor in errors:
+            return errors[tensor]
+        return max((upstream_error(t, seen) for t in node.input), default=0.0)
+
+    added = []
+    for tensor, name in names.items():
+        node = producer[tensor]
+        before = max((upstream_error(t, set()) for t in node.input), default=0.0)
+        added.append((name, errors[tensor] - before))
+    return sorted(added, key=lambda item: -item[1])
+
+
+def _write_model(model: onnx.ModelProto, path: Path, force: bool) -> None:
+    atomic_write(path, lambda temp: onnx.save(model, str(temp)), force)
+
+
+def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Write model.fp16.onnx / model.int8.onnx beside model.onnx; returns the new manifest."""
+    say = progress or (lambda _message: None)
+    if not (request.fp16 or request.int8):
+        raise SegexportError("nothing to do: pass --fp16, --int8 or both")
+    directory = request.artifacts
+    if directory is None:
+        if request.model is None:
+            raise SegexportError("pass --model NAME or --artifacts DIR")
+        directory = Path("artifacts") / get_spec(request.model).name
+    if not (directory / "manifest.json").is_file():
+        if request.model is None:
+            raise SegexportError(f"{directory} holds no exported model; pass --model to export it first")
+        say(f"no FP32 artifact in {directory}: exporting {request.model} first")
+        export_onnx(ExportRequest(request.model, weights=request.weights, out_dir=directory), progress=say)
+    manifest = read_manifest(directory)
+    fp32_path = vouched_path(directory, "model.onnx", manifest)
+    if get_spec(manifest["model"]["name"]).input_kind != "image":
+        raise SegexportError(f"{manifest['model']['name']}: quantize handles image models")
+    for name, wanted in (("model.fp16.onnx", request.fp16), ("model.int8.onnx", request.int8)):
+        if wanted and (directory / name).exists() and not request.force:
+            raise SegexportError(f"{directory / name} already exists; pass --force to replace it")
+    fp32 = onnx.load(str(fp32_path))
+    say(f"evaluating PyTorch FP32 on {request.eval_images} held-out images")
+    evalset = evaluation_set(manifest, request.eval_images, request.threads)
+    results: dict[str, Any] = manifest.get("precisions", {})
+    results["fp32"] = measure(fp32_path, evalset, request.threads)
+    with tempfile.TemporaryDirectory(prefix="segexport-quantize-") as scratch:
+        workdir = Path(scratch)
+        if request.fp16:
+            say("converting to FP16 (normalisation and softmax kept in FP32)")
+            started = time.perf_counter()
+            fp16 = precision.to_fp16(fp32)
+            _write_model(fp16, directory / "model.fp16.onnx", request.force)
+            results["fp16"] = {
+                **measure(directory / "model.fp16.onnx", evalset, request.threads),
+                "kept_fp32_ops": list(precision.FP32_OPS),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        if request.int8:
+            results["int8"] = _int8(request, directory, fp32, fp32_path, manifest, evalset, workdir, say)
+    manifest["precisions"] = results
+    manifest["files"] = describe_files(directory)
+    write_json_atomic(directory / "manifest.json", manifest)
+    return manifest
+
+
+def _int8(
+    request: QuantizeRequest,
+    directory: Path,
+    fp32: onnx.ModelProto,
+    fp32_path: Path,
+    manifest: dict[str, Any],
+    evalset: EvalSet,
+    workdir: Path,
+    say: Progress,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    graph_sha = sha256_file(fp32_path)
+    if request.calib_cache is not None and request.calib_cache.is_file():
+        calibration = precision.Calibration.load(request.calib_cache, graph_sha)
+        say(f"using calibration cache {request.calib_cache} ({len(calibration.ranges)} tensors)")
+    else:
+        size = _image_size(manifest)
+        say(f"calibrating ({request.method}) on {request.calib_size} images from {request.calib}")
+        batches = calibration_batches(request.calib, request.calib_size, size, manifest, say)
+        calibration = precision.calibrate(
+            fp32_path, batches, request.method, graph_sha, workdir, request.percentile
+        )
+    calibration.save(directory / "calib.json")
+    if request.calib_cache is not None and not request.calib_cache.exists():
+        calibration.save(request.calib_cache)
+    kept: list[str] = []
+    int8 = precision.to_int8(fp32, calibration)
+    path = workdir / "model.int8.onnx"
+    onnx.save(int8, str(path))
+    measured = measure(path, evalset, request.threads)
+    if measured["agreement"] < request.min_agreement:
+        say(f"agreement {measured['agreement']:.4f} < {request.min_agreement}: ranking layers by sensitivity")
+        ranking = sensitivity_ranking(fp32, int8, evalset.inputs, workdir)
+        count = 1
+        while measured["agreement"] < request.min_agreement and count <= len(ranking):
+            kept = [name for name, _ in ranking[:count]]
+            int8 = precision.to_int8(fp32, calibration, keep_float=kept)
+            onnx.save(int8, str(path))
+            measured = measure(path, evalset, request.threads)
+            say(f"  {count} layers kept float: agreement {measured['agreement']:.4f}")
+            count *= 2
+    _write_model(int8, directory / "model.int8.onnx", request.force)
+    return {
+        **measured,
+        "calibration": {
+            "source": request.calib,
+            "images": calibration.images,
+            "method": calibration.method,
+            "percentile": calibration.percentile,
+            "cache": "calib.json",
+        },
+        "kept_float": sorted({*precision.output_producers(fp32), *kept}),
+        "sensitivity_fallback": kept,
+        "qdq_pairs": sum(1 for n in int8.graph.node if n.op_type == "QuantizeLinear"),
+        "seconds": round(time.perf_counter() - started, 2),
+    }

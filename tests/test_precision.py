@@ -1,0 +1,140 @@
+"""FP16 and INT8 graphs: structure on every zoo model, accuracy on the demo checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from segexport import precision
+from segexport.errors import SegexportError
+from segexport.export import ExportRequest, export_onnx
+from segexport.quantize import QuantizeRequest, calibration_batches, quantize_artifact
+from tests.qdq_checks import assert_qdq_well_formed
+
+DEMO_MODELS = ["segformer-b0", "unet-small", "deeplabv3plus-mobilenetv2"]
+
+
+def test_fp16_keeps_sensitive_ops_fp32_without_cast_round_trips(tmp_path: Path) -> None:
+    export_onnx(ExportRequest("segformer", size=(64, 64), out_dir=tmp_path / "a"))
+    fp16 = precision.to_fp16(onnx.load(str(tmp_path / "a" / "model.onnx")))
+    assert precision.cast_round_trips(fp16) == []
+    inferred = onnx.shape_inference.infer_shapes(fp16)
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]
+    }
+    layer_norms = [n for n in fp16.graph.node if n.op_type == "LayerNormalization"]
+    softmaxes = [n for n in fp16.graph.node if n.op_type == "Softmax"]
+    assert layer_norms and softmaxes
+    for node in layer_norms + softmaxes:
+        assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
+    convs = [n for n in fp16.graph.node if n.op_type == "Conv"]
+    assert all(types.get(n.input[0]) == onnx.TensorProto.FLOAT16 for n in convs[1:])
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert fp16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_cast_round_trip_removal() -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="first"),
+        helper.make_node("Cast", ["a"], ["a16"], to=TensorProto.FLOAT16, name="down"),
+        helper.make_node("Cast", ["a16"], ["a32"], to=TensorProto.FLOAT, name="up"),
+        helper.make_node("Relu", ["a32"], ["y"], name="second"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+    assert precision.cast_round_trips(model) == ["down"]
+    assert precision.remove_cast_round_trips(model) == 1
+    assert [n.name for n in model.graph.node] == ["first", "second"]
+    assert model.graph.node[1].input[0] == "a"
+
+
+def _demo_artifact(name: str, root: Path) -> Path:
+    out = root / name
+    export_onnx(ExportRequest(name, weights="demo", size=(128, 128), out_dir=out))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEMO_MODELS)
+def test_demo_precisions_meet_targets(name: str, tmp_path: Path) -> None:
+    artifact = _demo_artifact(name, tmp_path)
+    manifest = quantize_artifact(QuantizeRequest(artifacts=artifact))
+    results = manifest["precisions"]
+    assert results["fp32"]["agreement"] >= 0.9999
+    assert results["fp16"]["agreement"] >= 0.995
+    assert results["int8"]["agreement"] >= 0.99
+    assert results["fp32"]["miou"] - results["int8"]["miou"] <= 0.01
+    assert results["int8"]["calibration"]["images"] == 64
+    assert_qdq_well_formed(onnx.load(str(artifact / "model.int8.onnx")))
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "calib.json"} <= set(manifest["files"])
+    cache = json.loads((artifact / "calib.json").read_text())
+    assert cache["graph_sha256"] == manifest["files"]["model.onnx"]["sha256"]
+
+
+@pytest.fixture(scope="module")
+def unet_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _demo_artifact("unet-small", tmp_path_factory.mktemp("demo"))
+
+
+def test_stale_calibration_cache_is_refused(unet_demo: Path, tmp_path: Path) -> None:
+    stale = tmp_path / "calib.json"
+    stale.write_text(json.dumps({"graph_sha256": "0" * 64, "method": "minmax", "images": 1, "ranges": {}}))
+    with pytest.raises(SegexportError, match="calibration cache is for another graph"):
+        quantize_artifact(QuantizeRequest(artifacts=unet_demo, fp16=False, calib_cache=stale, force=True))
+
+
+def test_calibration_folder_errors_and_odd_images(unet_demo: Path, tmp_path: Path) -> None:
+    manifest = json.loads((unet_demo / "manifest.json").read_text())
+    with pytest.raises(SegexportError, match="does not exist"):
+        calibration_batches(str(tmp_path / "missing"), 8, (128, 128), manifest, print)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SegexportError, match="holds no images"):
+        calibration_batches(str(empty), 8, (128, 128), manifest, print)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.new("L", (50, 70), 128).save(odd / "gray.png")
+    Image.new("RGBA", (200, 100), (10, 20, 30, 40)).save(odd / "rgba.png")
+    Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)).save(odd / "deep.png")
+    messages: list[str] = []
+    with pytest.warns(UserWarning, match="only 3 calibration images"):
+        batches = calibration_batches(str(odd), 8, (128, 128), manifest, messages.append)
+    assert [b["image"].shape for b in batches] == [(1, 3, 128, 128)] * 3
+    assert any("recommended" in m for m in messages)
+    (odd / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(SegexportError, match="unreadable image"):
+        calibration_batches(str(odd), 8, (128, 128), manifest, print)
+
+
+def test_random_weight_artifacts_are_refused(small_artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "a"
+    shutil.copytree(small_artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["weights"] = None
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SegexportError, match="random weights"):
+        quantize_artifact(QuantizeRequest(artifacts=copy))
+
+
+def test_sensitive_layers_stay_float_until_agreement_is_met(unet_demo: Path, tmp_path: Path) -> None:
+    plain = quantize_artifact(QuantizeRequest(artifacts=unet_demo, fp16=False, force=True))["precisions"][
+        "int8"
+    ]
+    target = min(1.0, plain["agreement"] + 0.003)
+    guarded = quantize_artifact(
+        QuantizeRequest(artifacts=unet_demo, fp16=False, force=True, min_agreement=target)
+    )["precisions"]["int8"]
+    assert guarded["sensitivity_fallback"], "no layer was kept float"
+    assert set(guarded["sensitivity_fallback"]) <= set(guarded["kept_float"])
+    assert guarded["agreement"] >= target or len(guarded["sensitivity_fallback"]) >= 8
+    assert guarded["agreement"] > plain["agreement"]
+    assert guarded["qdq_pairs"] < plain["qdq_pairs"]
