@@ -51,10 +51,17 @@ def atomic_write(path: Path, write: Callable[[Path], object], force: bool = True
     os.close(fd)
     try:
         write(Path(temp))
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -114,6 +121,7 @@ def staged_directory(target: Path, force: bool) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         yield staging
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the usual directory mode
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, retired / target.name)

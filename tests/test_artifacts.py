@@ -72,3 +72,18 @@ def test_staged_directory_is_all_or_nothing(tmp_path: Path) -> None:
         (staging / "model.onnx").write_text("v2")
     assert (target / "model.onnx").read_text() == "v2"
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_written_files_get_the_usual_modes(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from segexport.artifacts import write_json_atomic
+
+    mask = os.umask(0)
+    os.umask(mask)
+    write_json_atomic(tmp_path / "m.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~mask
+    with staged_directory(tmp_path / "art", force=False) as staging:
+        (staging / "f").write_text("x")
+    assert stat.S_IMODE((tmp_path / "art").stat().st_mode) == 0o777 & ~mask
