@@ -56,69 +56,69 @@ def _element_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def remove_cast_round_trips(model: onnx.ModelProto) -> int:
-    """Drop Cast(x -> T) followed only by Casts back to x's type; returns pairs removed.
-
-    The FP16 converter wraps each FP32-kept node in casts, so two adjacent FP32 ops get
-    a Cast to FP16 and straight back between them: a precision loss for no gain.
-    """
-    graph = model.graph
-    types = _element_types(model)
-    outputs = {o.name for o in graph.output}
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    removed = 0
-    dropped: set[int] = set()
-    for node in graph.node:
-        if node.op_type != "Cast" or node.output[0] in outputs or id(node) in dropped:
-            continue
-        source = node.input[0]
-        followers = consumers.get(node.output[0], [])
-        back = [
-            f
-            for f in followers
-            if f.op_type == "Cast" and _cast_to(f) == types.get(source) and f.output[0] not in outputs
-        ]
-        if not followers or len(back) != len(followers):
-            continue
-        for follower in back:
-            for user in consumers.get(follower.output[0], []):
-                for index, name in enumerate(user.input):
-                    if name == follower.output[0]:
-                        user.input[index] = source
-            consumers.setdefault(source, []).extend(consumers.get(follower.output[0], []))
-            dropped.add(id(follower))
-        dropped.add(id(node))
-        removed += 1
-    kept = [n for n in graph.node if id(n) not in dropped]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return removed
+    return consumers
 
 
 def _cast_to(node: onnx.NodeProto) -> int:
     return next(a.i for a in node.attribute if a.name == "to")
 
 
-def cast_round_trips(model: onnx.ModelProto) -> list[str]:
-    """Names of Casts whose only consumers cast straight back (should be none)."""
+def _round_trips(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]:
+    """Casts whose consumers are all Casts straight back to the original type, with those."""
     types = _element_types(model)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model)
+    outputs = {o.name for o in model.graph.output}
     found = []
     for node in model.graph.node:
-        if node.op_type != "Cast":
+        if node.op_type != "Cast" or node.output[0] in outputs:
             continue
         followers = consumers.get(node.output[0], [])
         if followers and all(
-            f.op_type == "Cast" and _cast_to(f) == types.get(node.input[0]) for f in followers
+            f.op_type == "Cast" and _cast_to(f) == types.get(node.input[0]) and f.output[0] not in outputs
+            for f in followers
         ):
-            found.append(node.name)
+            found.append((node, followers))
     return found
+
+
+def cast_round_trips(model: onnx.ModelProto) -> list[str]:
+    """Names of Casts whose only consumers cast straight back (should be none)."""
+    return [node.name for node, _ in _round_trips(model)]
+
+
+def remove_cast_round_trips(model: onnx.ModelProto) -> int:
+    """Drop Cast(x -> T) followed only by Casts back to x's type; returns pairs removed.
+
+    The FP16 converter wraps each FP32-kept node in casts, so two adjacent FP32 ops get
+    a Cast to FP16 and straight back between them: a precision loss for no gain.
+    """
+    removed = 0
+    while True:  # chains of casts: remove non-overlapping pairs, then look again
+        consumers = _consumers(model)
+        touched: set[str] = set()
+        dropped: set[int] = set()
+        for cast, back in _round_trips(model):
+            names = {cast.input[0], cast.output[0], *(f.output[0] for f in back)}
+            if names & touched:
+                continue
+            touched |= names
+            for follower in back:
+                for user in consumers.get(follower.output[0], []):
+                    user.input[:] = [cast.input[0] if n == follower.output[0] else n for n in user.input]
+                dropped.add(id(follower))
+            dropped.add(id(cast))
+            removed += 1
+        if not dropped:
+            return removed
+        kept = [n for n in model.graph.node if id(n) not in dropped]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
 
 
 # --------------------------------------------------------------------------- INT8
@@ -267,10 +267,7 @@ def to_int8(
 def qdq_pairs(model: onnx.ModelProto) -> list[dict[str, object]]:
     """Every DequantizeLinear with its scale/zero point facts and the op it feeds."""
     initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model)
     pairs = []
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear":

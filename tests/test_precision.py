@@ -138,3 +138,22 @@ def test_sensitive_layers_stay_float_until_agreement_is_met(unet_demo: Path, tmp
     assert guarded["agreement"] >= target or len(guarded["sensitivity_fallback"]) >= 8
     assert guarded["agreement"] > plain["agreement"]
     assert guarded["qdq_pairs"] < plain["qdq_pairs"]
+
+
+def test_chained_cast_round_trips_are_all_removed() -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    nodes = [helper.make_node("Relu", ["x"], ["t0"], name="first")]
+    for index in range(4):
+        target = TensorProto.FLOAT16 if index % 2 == 0 else TensorProto.FLOAT
+        nodes.append(
+            helper.make_node("Cast", [f"t{index}"], [f"t{index + 1}"], to=target, name=f"cast{index}")
+        )
+    nodes.append(helper.make_node("Relu", ["t4"], ["y"], name="last"))
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]))
+    removed = precision.remove_cast_round_trips(model)
+    assert [n.name for n in model.graph.node] == ["first", "last"]
+    assert removed == 2 and precision.cast_round_trips(model) == []
+    onnx.checker.check_model(model)
