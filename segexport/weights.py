@@ -128,8 +128,6 @@ def save_checkpoint(
     """Write a .safetensors state_dict with the training record in its header, atomically."""
     from safetensors.torch import save_file
 
-    if path.exists() and not force:  # checked before training's results are computed too
-        raise SegexportError(f"{path} already exists; pass --force to replace it")
     if path.suffix != ".safetensors":
         raise SegexportError(f"{path}: checkpoints are written as .safetensors")
     state = {}
@@ -139,7 +137,9 @@ def save_checkpoint(
             tensor = tensor.half()
         state[key] = tensor
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda temp: save_file(state, str(temp), metadata={_METADATA_KEY: json.dumps(record)}))
+    atomic_write(
+        path, lambda temp: save_file(state, str(temp), metadata={_METADATA_KEY: json.dumps(record)}), force
+    )
 
 
 def checkpoint_record(path: Path) -> dict[str, Any] | None:
