@@ -6,7 +6,7 @@ PIP ?= $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-fast lint typecheck bench demo-checkpoints clean
+.PHONY: install demo test test-fast lint typecheck typecheck-trt bench demo-checkpoints clean
 
 install:
 	$(PIP) install --quiet "$(TORCH_SPEC)"
@@ -34,12 +34,17 @@ test-fast:
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
 
 lint:
-	ruff check segexport tests
-	ruff format --check segexport tests
+	ruff check segexport tests tools
+	ruff format --check segexport tests tools
 	mypy
 
 typecheck:
 	mypy
+
+# The TensorRT modules against the real bindings of TensorRT 10.3 (JetPack 6), 10.16 and 11.4
+# (downloaded from PyPI once, cached in .cache/trt-stubs). TensorRT itself cannot be installed here.
+typecheck-trt:
+	$(PYTHON) tools/trt_typecheck.py
 
 bench:
 	segexport bench export --models segformer-b0,unet,deeplabv3plus --size 512x512 --runs 20 --threads 2

@@ -18,3 +18,9 @@ class VerificationError(SegexportError):
     """An artifact computes something other than the PyTorch model it came from."""
 
     exit_code = 1
+
+
+class UnavailableError(SegexportError):
+    """This machine lacks what the step needs (TensorRT, a GPU); the inputs were fine."""
+
+    exit_code = 3

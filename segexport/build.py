@@ -1,0 +1,423 @@
+"""The TensorRT stage: a strongly typed engine from the precision ONNX, its profile from the manifest.
+
+Precision lives in the ONNX (FP16 tensors, Q/DQ nodes), so one strongly typed build
+path serves TensorRT 10.x (Jetson) and 11.x alike; the weakly typed FP16 flag is kept
+only as a 10.x opt-in. Everything that needs no TensorRT (option checks, profile
+derivation, preparing the ONNX) is plain Python and tested here; the few TensorRT calls
+are checked against each release's bindings by `make typecheck-trt`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, SupportsInt
+
+from segexport.artifacts import atomic_write, describe_files, read_manifest, vouched_path, write_json_atomic
+from segexport.engine import (
+    GpuIdentity,
+    TensorRTRunner,
+    current_gpu,
+    require_tensorrt,
+    tensorrt_unavailable_reason,
+)
+from segexport.errors import SegexportError, UnavailableError, VerificationError
+from segexport.runtime import OnnxRuntimeRunner
+from segexport.shapes import InputShape
+from segexport.verify import Tolerance, VerificationReport, verify_runners
+from segexport.weights import DEMO_DIR
+from segexport.zoo import get_spec
+
+Progress = Callable[[str], None]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+SOURCE_ONNX = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+HARDWARE_COMPAT = ("same", "ampere+")
+# Engine vs its own source ONNX on ONNX Runtime (same graph, same precision, seeded random
+# inputs): what is left is TensorRT's kernels and fusions. FP32 allows for TF32, which
+# TensorRT enables by default; INT8 for requantisation rounding in fused kernels. Argmax
+# agreement is not gated on random inputs (near-ties); the verify stage measures it on data.
+# Not yet measured on a device: revisit with the first real builds.
+ENGINE_TOLERANCE = {
+    "fp32": Tolerance(max_rel_l2=1e-2),
+    "fp16": Tolerance(max_rel_l2=2e-2),
+    "int8": Tolerance(max_rel_l2=1e-1),
+}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What `segexport trt` takes besides the artifact; None means TensorRT's default."""
+
+    precision: str = "fp16"
+    min_size: tuple[int, int] | None = None
+    opt_size: tuple[int, int] | None = None
+    max_size: tuple[int, int] | None = None
+    max_batch: int | None = None
+    workspace_gib: float | None = None
+    timing_cache: Path | None = None
+    opt_level: int | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    version_compatible: bool = False
+    hardware_compat: str = "same"
+    legacy_fp16_flag: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
+        return data
+
+
+def choose_precision(fp32: bool, fp16: bool, int8: bool) -> str:
+    """The one precision flag given; FP16 when none is."""
+    chosen = [name for name, flag in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if flag]
+    if len(chosen) > 1:
+        raise SegexportError(
+            f"--{' and --'.join(chosen)} are mutually exclusive: build one precision at a time"
+        )
+    return chosen[0] if chosen else "fp16"
+
+
+def check_options(options: BuildOptions, tensorrt_version: str | None) -> None:
+    """Refuse impossible combinations; the version-specific ones once the version is known."""
+    if options.precision not in PRECISIONS:
+        raise SegexportError(f"precision {options.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if options.opt_level is not None and not 0 <= options.opt_level <= 5:
+        raise SegexportError(f"--opt-level must be 0..5, got {options.opt_level}")
+    if options.workspace_gib is not None and options.workspace_gib <= 0:
+        raise SegexportError(f"--workspace must be > 0 GiB, got {options.workspace_gib}")
+    if options.max_batch is not None and options.max_batch < 1:
+        raise SegexportError(f"--max-batch must be >= 1, got {options.max_batch}")
+    if options.hardware_compat not in HARDWARE_COMPAT:
+        raise SegexportError(f"--hardware-compat must be one of {', '.join(HARDWARE_COMPAT)}")
+    if options.gpu_fallback and options.dla_core is None:
+        raise SegexportError("--gpu-fallback only applies with --dla-core N")
+    if options.dla_core is not None:
+        if options.dla_core < 0:
+            raise SegexportError(f"--dla-core must be >= 0, got {options.dla_core}")
+        if options.hardware_compat != "same" or options.version_compatible:
+            raise SegexportError(
+                "DLA engines are tied to their device: --dla-core excludes --hardware-compat ampere+ "
+                "and --version-compatible"
+            )
+    if options.legacy_fp16_flag and options.precision != "fp16":
+        raise SegexportError("--legacy-fp16-flag builds FP16 from the FP32 ONNX; it needs --fp16")
+    if tensorrt_version is None:
+        return
+    major = int(tensorrt_version.split(".")[0])
+    if options.legacy_fp16_flag and major >= 11:
+        raise SegexportError(
+            f"--legacy-fp16-flag needs TensorRT 10.x; TensorRT {tensorrt_version} removed BuilderFlag.FP16 "
+            "(networks are strongly typed): drop the flag to build the FP16 ONNX"
+        )
+    if options.dla_core is not None and major >= 11:
+        raise SegexportError(
+            f"--dla-core needs TensorRT 10.x: DLA is on Jetson, which TensorRT {tensorrt_version} "
+            "does not support"
+        )
+
+
+Profile = dict[str, dict[str, list[int]]]
+
+
+def derive_profile(manifest: dict[str, Any], options: BuildOptions) -> Profile:
+    """min/opt/max shape per input from the ranges the ONNX was verified for.
+
+    Overrides must stay inside those ranges and keep the model's size rule: the
+    engine must never promise a shape that the ONNX was not checked at.
+    """
+    axes = manifest["dynamic_axes"]
+    divisible = int(manifest.get("size_rule", {}).get("divisible_by", 1))
+    export_shape = [int(v) for v in manifest["export_shape"].split("x")]
+    batch_axis = next(iter(axes))
+    batch_low, batch_high = axes[batch_axis]
+    max_batch = options.max_batch or batch_high
+    if not batch_low <= max_batch <= batch_high:
+        raise SegexportError(
+            f"--max-batch {max_batch} is outside the batch range the ONNX was verified for "
+            f"({batch_low}..{batch_high}); re-export with --max-batch"
+        )
+    ranges: dict[str, tuple[int, int, int]] = {
+        batch_axis: (batch_low, min(export_shape[0], max_batch), max_batch)
+    }
+    if "height" in axes:
+        default_opt = (export_shape[1], export_shape[2])
+        for index, axis in enumerate(("height", "width")):
+            low, high = axes[axis]
+            chosen = [
+                size[index] if size else fallback
+                for size, fallback in (
+                    (options.min_size, low),
+                    (options.opt_size, default_opt[index]),
+                    (options.max_size, high),
+                )
+            ]
+            for label, value in zip(("--min-size", "--opt-size", "--max-size"), chosen, strict=True):
+                if not low <= value <= high:
+                    raise SegexportError(
+                        f"{label}: {axis} {value} is outside the range the ONNX was verified for "
+                        f"({low}..{high}); re-export with --min-size/--max-size"
+                    )
+                if value % divisible:
+                    raise SegexportError(f"{label}: {axis} {value} is not a multiple of {divisible}")
+            if not chosen[0] <= chosen[1] <= chosen[2]:
+                raise SegexportError(
+                    f"{axis}: need min <= opt <= max, got {chosen[0]}, {chosen[1]}, {chosen[2]}"
+                )
+            ranges[axis] = (chosen[0], chosen[1], chosen[2])
+    profile: Profile = {}
+    for tensor in manifest["inputs"]:
+        dims = tensor["shape"]
+        profile[tensor["name"]] = {
+            key: [ranges[d][position] if isinstance(d, str) else int(d) for d in dims]
+            for position, key in enumerate(("min", "opt", "max"))
+        }
+        unknown = [d for d in dims if isinstance(d, str) and d not in ranges]
+        if unknown:
+            raise SegexportError(f"input {tensor['name']}: no range for axis {', '.join(unknown)}")
+    return profile
+
+
+@dataclass
+class BuildRequest:
+    options: BuildOptions = field(default_factory=BuildOptions)
+    artifacts: Path | None = None
+    model: str | None = None
+    weights: str | None = None
+    force: bool = False
+    threads: int | None = None
+
+
+def engine_file(precision: str) -> str:
+    return f"model.{precision}.engine"
+
+
+def _default_weights(model: str) -> str | None:
+    """The shipped demo checkpoint when there is one: FP16/INT8 must be judged on trained weights."""
+    return "demo" if (DEMO_DIR / get_spec(model).name / "demo.safetensors").is_file() else None
+
+
+def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, Any], str]:
+    """The artifact directory, its manifest and the verified ONNX to build from, making them if missing."""
+    from segexport.export import ExportRequest, export_onnx
+    from segexport.quantize import QuantizeRequest, quantize_artifact
+
+    options = request.options
+    directory = request.artifacts
+    if directory is None:
+        if request.model is None:
+            raise SegexportError("pass --model NAME or --artifacts DIR")
+        directory = Path("artifacts") / get_spec(request.model).name
+    source = "model.onnx" if options.legacy_fp16_flag else SOURCE_ONNX[options.precision]
+    target = directory / engine_file(options.precision)
+    if target.exists() and not request.force:
+        raise SegexportError(f"{target} already exists; pass --force to replace it")
+    has_manifest = (directory / "manifest.json").is_file()
+    if not has_manifest and request.model is None:
+        raise SegexportError(f"{directory} holds no exported model; pass --model to export it first")
+    weights = request.weights
+    if weights is None and request.model is not None:
+        weights = _default_weights(request.model)
+    if source == "model.onnx":
+        if not has_manifest:
+            assert request.model is not None
+            say(f"no ONNX in {directory}: exporting {request.model} first")
+            export_onnx(ExportRequest(request.model, weights=weights, out_dir=directory), progress=say)
+    elif not has_manifest or source not in read_manifest(directory)["files"]:
+        say(f"no {source} in {directory}: running the {options.precision.upper()} stage first")
+        quantize_artifact(
+            QuantizeRequest(
+                artifacts=directory,
+                model=request.model,
+                weights=weights,
+                fp16=options.precision == "fp16",
+                int8=options.precision == "int8",
+                threads=request.threads,
+            ),
+            progress=say,
+        )
+    manifest = read_manifest(directory)
+    vouched_path(directory, source, manifest)
+    return directory, manifest, source
+
+
+def build_artifact(request: BuildRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Build, check and record `model.<precision>.engine`; returns the updated manifest.
+
+    Without TensorRT this still prepares the verified ONNX, then raises UnavailableError
+    naming it, so the user can build on the target device.
+    """
+    say = progress or (lambda _message: None)
+    options = request.options
+    check_options(options, None)
+    directory, manifest, source = prepare_onnx(request, say)
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        raise UnavailableError(
+            f"TensorRT is not importable here ({reason}); the verified {directory / source} is ready: build "
+            f"it on the target device with `segexport trt --artifacts {directory} --{options.precision}`"
+        )
+    import tensorrt as trt
+
+    check_options(options, trt.__version__)
+    profile = derive_profile(manifest, options)
+    gpu = current_gpu()
+    say(f"building {engine_file(options.precision)} with TensorRT {trt.__version__} on {gpu.name}")
+    started = time.perf_counter()
+    plan = build_engine(directory / source, profile, options, say)
+    record = engine_build_record(options, profile, trt.__version__, gpu, source)
+    record["build_seconds"] = round(time.perf_counter() - started, 2)
+    say("checking the engine against ONNX Runtime on its source ONNX")
+    report = check_engine(plan, record, directory / source, manifest, profile, request.threads, say)
+    record["verification"] = report.to_dict()
+    if not report.passed:
+        raise VerificationError(
+            f"{engine_file(options.precision)} differs from {source}; no engine written. "
+            + " | ".join(report.failures()[:3])
+        )
+    target = directory / engine_file(options.precision)
+    atomic_write(target, lambda temp: temp.write_bytes(plan), request.force)
+    manifest.setdefault("engines", {})[target.name] = record
+    manifest["files"] = describe_files(directory)
+    write_json_atomic(directory / "manifest.json", manifest)
+    return manifest
+
+
+def engine_build_record(
+    options: BuildOptions, profile: Profile, tensorrt_version: str, gpu: GpuIdentity, source: str
+) -> dict[str, Any]:
+    """What the runtime checks before deserializing, and what a user needs to rebuild it."""
+    return {
+        "tensorrt": tensorrt_version,
+        "gpu": gpu.to_dict(),
+        "precision": options.precision,
+        "source_onnx": source,
+        "strongly_typed": not options.legacy_fp16_flag,
+        "profile": profile,
+        "version_compatible": options.version_compatible,
+        "hardware_compat": options.hardware_compat,
+        "dla_core": options.dla_core,
+        "options": options.to_dict(),
+    }
+
+
+def profile_check_shapes(profile: Profile) -> list[InputShape]:
+    """The profile's min and opt shapes, and batch 2 at the opt size when the range allows."""
+    first = next(iter(profile.values()))
+    shapes = []
+    for key in ("min", "opt"):
+        dims = first[key]
+        shapes.append(InputShape(dims[0], dims[2], dims[3]) if len(dims) == 4 else InputShape(dims[0]))
+    opt = shapes[1]
+    if first["max"][0] >= 2 and opt.batch < 2:
+        shapes.append(InputShape(2, opt.height, opt.width))
+    return list(dict.fromkeys(shapes))
+
+
+def check_engine(
+    plan: bytes,
+    record: dict[str, Any],
+    source: Path,
+    manifest: dict[str, Any],
+    profile: Profile,
+    threads: int | None,
+    say: Progress,
+) -> VerificationReport:
+    """The engine against its source ONNX on ONNX Runtime, at the profile's shapes."""
+    engine = TensorRTRunner(plan, record, name=f"tensorrt:{engine_file(record['precision'])}")
+    try:
+        return verify_runners(
+            get_spec(manifest["model"]["name"]),
+            int(manifest["model"]["num_classes"]),
+            OnnxRuntimeRunner(source, threads=threads),
+            engine,
+            profile_check_shapes(profile),
+            ENGINE_TOLERANCE[record["precision"]],
+            progress=lambda message: say(f"  {message}"),
+        )
+    finally:
+        engine.close()
+
+
+def _progress_monitor(say: Progress) -> Any:
+    """TensorRT's builder phases as progress lines (top-level phases only; steps would flood)."""
+    import tensorrt as trt
+
+    class PhaseMonitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: SupportsInt) -> None:
+            if not parent_phase:
+                say(f"  {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: SupportsInt) -> bool:
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    return PhaseMonitor()
+
+
+def build_engine(source: Path, profile: Profile, options: BuildOptions, say: Progress) -> bytes:
+    """Parse the ONNX and build a serialized engine: the only place that drives TensorRT's builder."""
+    require_tensorrt()
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0 if options.legacy_fp16_flag else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    say(f"  parsing {source.name}")
+    if not parser.parse_from_file(str(source)):
+        errors = [parser.get_error(index) for index in range(parser.num_errors)]
+        described = [
+            f"node {error.node_name() or error.node()} ({error.node_operator()}): {error.desc()}"
+            for error in errors
+        ]
+        raise SegexportError(f"{source}: TensorRT's ONNX parser failed: " + "; ".join(described[:3]))
+    config = builder.create_builder_config()
+    if options.workspace_gib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    if options.opt_level is not None:
+        config.builder_optimization_level = options.opt_level
+    if options.legacy_fp16_flag:
+        # 10.x only (check_options refused 11.x); looked up by name because 11.x removed it.
+        legacy_flag = "FP16"
+        config.set_flag(getattr(trt.BuilderFlag, legacy_flag))
+    if options.dla_core is not None:
+        if options.dla_core >= builder.num_DLA_cores:
+            raise SegexportError(
+                f"--dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA cores"
+            )
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = options.dla_core
+        if options.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.hardware_compat == "ampere+":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    optimization = builder.create_optimization_profile()
+    for name, shapes in profile.items():
+        optimization.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(optimization)
+    monitor = _progress_monitor(say)
+    config.progress_monitor = monitor  # must outlive the build: kept in this frame until it returns
+    cache_path = options.timing_cache
+    if cache_path is not None:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+    say("  building (TensorRT times its kernels: minutes for large models)")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise SegexportError(f"{source}: TensorRT could not build an engine (its log above says why)")
+    if cache_path is not None:
+        timing_cache = config.get_timing_cache()
+        atomic_write(cache_path, lambda temp: temp.write_bytes(bytes(timing_cache.serialize())))
+    return bytes(serialized)

@@ -1,0 +1,916 @@
+#!/usr/bin/env python3
+"""Type-check segexport's TensorRT code against the real Python API of several TensorRT releases.
+
+Why this exists: TensorRT cannot be installed on the machines where segexport is developed
+and tested (PyPI's `tensorrt` packages are download stubs for a vendor index no machine here
+reaches), and its API differs between releases that users have: 11.x removed weak typing
+(`BuilderFlag.FP16/INT8`, `IBuilderConfig.int8_calibrator`, the `IInt8*Calibrator` classes),
+Jetson stays on 10.x. What PyPI does serve are the compiled bindings (`tensorrt-cu12-bindings`,
+`tensorrt-cu13-bindings`): the real pybind11 extension, without the ~GB of libnvinfer behind it.
+
+Per TensorRT version this tool
+
+1. downloads that bindings wheel (`pip download`, cached) and unpacks it;
+2. builds a shim: the extension links `libnvinfer.so.N`, `libnvinfer_plugin.so.N` and
+   `libnvonnxparser.so.N` but needs only a handful of C entry points from them
+   (`createInferBuilder_INTERNAL`, ...). The shim defines exactly the undefined symbols that
+   nothing else in the process provides, under the sonames the extension's DT_NEEDED names,
+   so that `import tensorrt_bindings` succeeds and the API can be introspected. Every shim
+   function aborts the process when called: nothing may run through it, and if anything ever
+   did, we want a crash, not a silently wrong stub;
+3. generates `.pyi` stubs with pybind11-stubgen (pinned: the fix-ups below depend on its output
+   format), fixes what Python/mypy cannot read (see `fix_stub`), and lays them out as the stub
+   package `tensorrt` that our code imports (`import tensorrt as trt`; the real `tensorrt`
+   package is `from tensorrt_bindings import *` plus `__version__`);
+4. runs mypy, with the project's `[tool.mypy]` settings, on every module of `segexport/` that
+   imports tensorrt (or `--files`), with `mypy_path` pointing at that version's stubs. A probe
+   module proves mypy really used them (with `ignore_missing_imports = true` a missing stub
+   would silently make `trt` an `Any` and everything would "pass"). A module that loads
+   tensorrt by name (`importlib.import_module("tensorrt")`) gets a plain `ModuleType` from mypy,
+   so none of its TensorRT calls can be checked: the tool warns about those.
+
+Cache (default `.cache/trt-stubs`, which ignores itself in git; `--cache` or
+$SEGEXPORT_TRT_CACHE elsewhere), one directory per version:
+
+    <version>/wheel/*.whl                    the bindings wheel, as downloaded
+    <version>/bindings/tensorrt_bindings/    the wheel, unpacked
+    <version>/shim/{shim.c,libnv*.so.N}      the shim
+    <version>/stubgen/                       raw pybind11-stubgen output and its log
+    <version>/stubs/tensorrt/__init__.pyi    the stub package (mypy_path = <version>/stubs)
+    <version>/probe/, <version>/mypy_cache/  the probe module; mypy's cache for repository files
+    <version>/stamp.json                     written last: the version is complete
+    _tools/pybind11-stubgen-<v>/             the private stubgen install
+
+Usage: python tools/trt_typecheck.py [--versions V ...] [--files F ...] [--cache DIR]
+Exit status: 0 when every version passes, 1 when any fails, 2 when the check could not run.
+Linux only (ELF shims, a C compiler, binutils' `nm`/`readelf`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import builtins
+import ctypes
+import fcntl
+import json
+import keyword
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - mypy depends on tomli below 3.11, so it is there
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = ROOT / "segexport"
+
+# Jetson JetPack 6 (10.3), the newest 10.x, the newest 11.x.
+DEFAULT_VERSIONS = ("10.3.0", "10.16.1.11", "11.4.0.106")
+
+# pybind11-stubgen is pinned and installed by this tool into its own cache rather than being a
+# `dev` dependency: only the stub-generation subprocess uses it (next to the downloaded
+# bindings), the fix-ups in `fix_stub` are written against this exact version's output, and
+# nothing else in the project should start depending on it.
+STUBGEN_REQUIREMENT = "pybind11-stubgen==3.0.0"
+
+# Bump when the shim, the stub layout or `fix_stub` changes: cached stubs of another recipe
+# are rebuilt (the downloaded wheels are kept).
+RECIPE = 5
+
+# The libraries that the bindings link and that PyPI does not serve (TensorRT's own); every
+# other DT_NEEDED entry (libc, libstdc++, ...) must load from the system.
+TENSORRT_LIB = re.compile(r"^libnv(infer|onnxparser)\w*\.so(\.\d+)*$")
+
+PROBE_NAME = "_segexport_trt_probe"
+PROBE_MISSING = "segexport_probe_no_such_attribute"
+PROBE_SOURCE = f'''"""Generated by tools/trt_typecheck.py: proves that mypy reads the generated stubs."""
+
+import tensorrt as trt
+
+reveal_type(trt._segexport_stub_version)
+trt.{PROBE_MISSING}
+'''
+PROBE_REVEAL_LINE = 5
+PROBE_MISSING_LINE = 6
+
+MYPY_LINE = re.compile(
+    r"^(?P<path>.+?):(?P<line>\d+):(?:\d+:)? (?P<severity>error|note|warning): (?P<message>.*)$"
+)
+
+
+class ToolError(Exception):
+    """The check could not run (no network, no compiler, an unexpected wheel); exit status 2."""
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def run(command: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Run a helper command, returning stdout; its output goes into the error when it fails."""
+    result = subprocess.run(list(command), capture_output=True, text=True, env=env, cwd=cwd, check=False)
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()
+        raise ToolError(f"`{' '.join(command)}` failed (exit {result.returncode}):\n{output}")
+    return result.stdout
+
+
+def relative(path: Path) -> str:
+    """Paths in messages: relative to the working directory when below it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Which modules to check
+
+
+def imports_tensorrt(path: Path) -> tuple[bool, bool]:
+    """(static, dynamic): whether a module has an `import tensorrt` statement, and whether it
+    loads it by name (`importlib.import_module("tensorrt")`), which mypy cannot follow."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    static = dynamic = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            static |= any(alias.name.split(".")[0] == "tensorrt" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            static |= node.level == 0 and (node.module or "").split(".")[0] == "tensorrt"
+        elif isinstance(node, ast.Call) and node.args:
+            first = node.args[0]
+            named = isinstance(first, ast.Constant) and first.value == "tensorrt"
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            dynamic |= named and name in {"import_module", "__import__"}
+    return static, dynamic
+
+
+def discover_modules(package_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The modules of segexport that use tensorrt, and those of them mypy cannot check."""
+    modules: list[Path] = []
+    unchecked: list[Path] = []
+    for path in sorted(package_dir.rglob("*.py")):
+        static, dynamic = imports_tensorrt(path)
+        if static or dynamic:
+            modules.append(path)
+        if dynamic and not static:
+            unchecked.append(path)
+    return modules, unchecked
+
+
+# --------------------------------------------------------------------------------------------
+# Bindings wheel, shim, stubs
+
+
+def bindings_package(version: str) -> str:
+    """The PyPI project serving the bindings of a version: 10.x exists for CUDA 12 (every
+    release, including JetPack's 10.3), 11.x for CUDA 13 (11.x also has cu12 builds)."""
+    major = int(version.split(".")[0])
+    return "tensorrt-cu12-bindings" if major <= 10 else "tensorrt-cu13-bindings"
+
+
+@contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Serialize cache builds between processes (pytest-xdist workers, parallel make)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_cache(cache: Path) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    # The default cache lives in the repository: keep every byte of it out of git.
+    ignore = cache / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# trt_typecheck cache: downloads and generated stubs\n*\n")
+
+
+def ensure_stubgen(cache: Path) -> Path:
+    """A private install of the pinned pybind11-stubgen; returns the directory to put on PYTHONPATH."""
+    target = cache / "_tools" / STUBGEN_REQUIREMENT.replace("==", "-")
+    with locked(cache / ".locks" / "stubgen"):
+        if not (target / ".complete").exists():
+            log(f"trt-typecheck: installing {STUBGEN_REQUIREMENT} into {relative(target)}")
+            shutil.rmtree(target, ignore_errors=True)
+            pip = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+            ]
+            run([*pip, "--target", str(target), STUBGEN_REQUIREMENT])
+            (target / ".complete").touch()
+    return target
+
+
+def download_wheel(version: str, wheel_dir: Path) -> Path:
+    existing = sorted(wheel_dir.glob("*.whl"))
+    if existing:
+        return existing[0]
+    spec = f"{bindings_package(version)}=={version}"
+    log(f"[{version}] downloading {spec}")
+    wheel_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="download-", dir=wheel_dir.parent))
+    try:
+        # The wheel for this interpreter and platform: its extension is imported by this Python.
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+        run([*pip, "--disable-pip-version-check", "-d", str(tmp), spec])
+        wheels = sorted(tmp.glob("*.whl"))
+        if len(wheels) != 1:
+            raise ToolError(f"pip download {spec} gave {[w.name for w in wheels]}, expected one wheel")
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.move(str(wheels[0]), wheel_dir / wheels[0].name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def needed_libraries(extension: Path) -> list[str]:
+    """DT_NEEDED entries of a shared object, from `readelf -d`."""
+    output = run(["readelf", "-d", str(extension)])
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", output)
+
+
+def shim_symbols(extension: Path, system_libraries: Sequence[str]) -> list[str]:
+    """The extension's undefined (strong) symbols that neither this Python nor the system
+    libraries it links provide: the ones TensorRT's libraries would have supplied."""
+    providers: list[ctypes.CDLL] = [ctypes.pythonapi]
+    for name in system_libraries:
+        try:
+            providers.append(ctypes.CDLL(name))
+        except OSError as error:
+            raise ToolError(f"{extension.name} needs {name}, which does not load here: {error}") from error
+    symbols = []
+    for line in run(["nm", "-D", "--undefined-only", str(extension)]).splitlines():
+        parts = line.split()
+        if len(parts) != 2 or parts[0] != "U":  # weak references ("w", "v") may stay undefined
+            continue
+        name = parts[1].split("@")[0]
+        if not any(_provides(provider, name) for provider in providers):
+            symbols.append(name)
+    return sorted(set(symbols))
+
+
+def _provides(library: ctypes.CDLL, symbol: str) -> bool:
+    try:
+        library[symbol]  # dlsym; unlike getattr, also for names like __foo__
+    except AttributeError:
+        return False
+    return True
+
+
+def shim_source(symbols: Sequence[str]) -> str:
+    lines = [
+        "/* Generated by tools/trt_typecheck.py: stand-ins for TensorRT's C entry points so that the",
+        "   Python bindings can be imported for introspection. Calling any of them is a bug. */",
+        "#include <stdio.h>",
+        "#include <stdlib.h>",
+        "",
+        "static void *shim_called(const char *name) {",
+        '    fprintf(stderr, "trt_typecheck shim: %s() was called; the shim must never run code\\n", name);',
+        "    abort();",
+        "    return NULL;",
+        "}",
+        "",
+    ]
+    lines += [f'void *{name}(void) {{ return shim_called("{name}"); }}' for name in symbols]
+    return "\n".join(lines) + "\n"
+
+
+def build_shim(extension: Path, shim_dir: Path) -> tuple[list[str], list[str]]:
+    """Compile one shim per TensorRT library the extension links; returns (sonames, symbols).
+    Each shim defines every missing symbol: duplicates are harmless (the first one loaded wins),
+    and the split between TensorRT's libraries does not matter when nothing is ever called."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise ToolError("no C compiler (cc/gcc) found: it is needed to build the TensorRT shim")
+    needed = needed_libraries(extension)
+    sonames = [name for name in needed if TENSORRT_LIB.match(name)]
+    if not sonames:
+        raise ToolError(f"{extension.name} links no TensorRT library ({needed}): unexpected wheel layout")
+    symbols = shim_symbols(extension, [name for name in needed if name not in sonames])
+    shim_dir.mkdir(parents=True, exist_ok=True)
+    source = shim_dir / "shim.c"
+    source.write_text(shim_source(symbols))
+    for soname in sonames:
+        run(
+            [
+                compiler,
+                "-shared",
+                "-fPIC",
+                "-O1",
+                f"-Wl,-soname,{soname}",
+                "-o",
+                str(shim_dir / soname),
+                str(source),
+            ]
+        )
+    return sonames, symbols
+
+
+def shim_environment(bindings_dir: Path, shim_dir: Path, *extra_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (bindings_dir, *extra_path))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(shim_dir), env.get("LD_LIBRARY_PATH")]))
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# Stub fix-ups
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split a parameter list on the commas that are not inside brackets or strings."""
+    parts: list[str] = []
+    depth, quote, start = 0, "", 0
+    for index, char in enumerate(text):
+        if quote:
+            if char == quote and text[index - 1] != "\\":
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _fix_parameters(line: str) -> str:
+    """pybind11 accepts signatures Python does not: parameters named like keywords (`in`) and
+    parameters without a default after ones with a default (`add_scale_nd(..., power=None,
+    channel_axis)`). Rename the former (`in_`; they cannot be passed by keyword from Python
+    anyway) and give the latter a `...` default."""
+    match = re.match(r"^(\s*def \w+\()(.*)(\)\s*(?:->.*)?:\s*)$", line)
+    if not match:
+        return line
+    head, params, tail = match.groups()
+    fixed, seen_default = [], False
+    for param in _split_top_level(params):
+        stripped = param.strip()
+        name = re.split(r"[:=]", stripped, maxsplit=1)[0].strip()
+        if name.startswith("*") or name == "/":
+            seen_default = False if name.startswith("*") else seen_default
+            fixed.append(param)
+            continue
+        if keyword.iskeyword(name):
+            param = param.replace(name, name + "_", 1)
+        if "=" in stripped:
+            seen_default = True
+        elif seen_default and stripped:
+            param = param.rstrip() + " = ..."
+        fixed.append(param)
+    return head + ",".join(fixed) + tail
+
+
+def _fix_code_line(line: str, classes: set[str]) -> str:
+    """Rewrite what pybind11-stubgen printed as-is (`--print-invalid-expressions-as-is`):
+
+    * C++ type names (`nvonnxparser::IParserError`, `nvinfer1::v_1_0::IGpuAllocator`) become the
+      bound Python class (`ParserError`, `IGpuAllocator`) when one exists, else `typing.Any`;
+    * enum reprs used as defaults (`<DataType.FLOAT: 0>`) become `...`;
+    * pybind11's `capsule` (10.3's bindings) becomes `typing_extensions.CapsuleType`.
+    """
+
+    def python_name(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in classes:
+            return name
+        if name.startswith("I") and name[1:] in classes:
+            return name[1:]
+        return "typing.Any"
+
+    line = re.sub(r"\b(?:nvinfer1|nvonnxparser)::(?:v_\d+_\d+::)?(\w+)\b(?!::)", python_name, line)
+    line = re.sub(r"\b\w+(?:::\w+)+(?:<[^>]*>)?", "typing.Any", line)
+    line = re.sub(r"<\w+(?:\.\w+)*: -?\d+>", "...", line)
+    line = re.sub(r"(?:(?<=: )|(?<=-> )|(?<=\[))capsule\b", "typing_extensions.CapsuleType", line)
+    return _fix_parameters(line)
+
+
+def _code_lines(text: str) -> Iterator[tuple[int, str, bool]]:
+    """(index, line, is_code): stubgen puts docstrings between lines of their own that hold
+    the triple quotes; everything else is code."""
+    in_docstring = False
+    for index, line in enumerate(text.splitlines()):
+        quotes = line.count('"""')
+        yield index, line, not in_docstring and quotes == 0
+        if quotes % 2:
+            in_docstring = not in_docstring
+
+
+# pybind11 implicit conversions TensorRT registers (python/src/infer/pyFoundationalTypes.cpp):
+# `py::implicitly_convertible<std::vector<int>, Dims...>()` and `<py::array, Weights>()`. The
+# signatures only name the target class, so a parameter of that class also takes the source.
+IMPLICIT_CONVERSIONS = {
+    **dict.fromkeys(
+        ("Dims", "Dims2", "DimsHW", "Dims3", "Dims4"), "collections.abc.Sequence[typing.SupportsInt]"
+    ),
+    "Weights": "numpy.ndarray",
+}
+# Classes bound with `py::buffer_protocol()` (same file): bytes(plan), deserialize_cuda_engine(plan).
+BUFFER_CLASSES = ("IHostMemory",)
+
+
+class _AnnotationFixer(ast.NodeVisitor):
+    """Collects the AST-level fix-ups of `fix_stub` as text edits (kept positional, so that the
+    rest of the stub, docstrings included, stays byte for byte what stubgen wrote)."""
+
+    def __init__(self, write_only: Sequence[str] = ()) -> None:
+        self.write_only: dict[str, list[str]] = {}
+        for qualified in write_only:
+            owner, attribute = qualified.split(".", 1)
+            self.write_only.setdefault(owner, []).append(attribute)
+        self.scopes: list[set[str]] = []
+        self.in_class: list[bool] = []
+        self.edits: list[tuple[int, int, int, str]] = []  # (line, start column, end column, text)
+        self.inserts: list[tuple[int, str]] = []  # (after line, text)
+
+    @staticmethod
+    def _defined(body: Sequence[ast.stmt]) -> set[str]:
+        names = set()
+        for statement in body:
+            if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+                names.add(statement.target.id)
+            elif isinstance(statement, ast.Assign):
+                names.update(t.id for t in statement.targets if isinstance(t, ast.Name))
+            elif isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef):
+                names.add(statement.name)  # (a class named like a builtin would be meant as that class)
+        return names
+
+    def _edit(self, node: ast.expr, text: str) -> None:
+        assert node.end_lineno == node.lineno and node.end_col_offset is not None
+        self.edits.append((node.lineno, node.col_offset, node.end_col_offset, text))
+
+    def _annotation(self, node: ast.expr | None, parameter: bool = False) -> None:
+        """Builtins the stub shadows (module-level `bool = DataType.BOOL` would make every
+        `-> bool` mean that variable) become `builtins.X`; parameters of implicitly convertible
+        classes also accept the source type."""
+        if node is None:
+            return
+        if parameter and isinstance(node, ast.Name) and node.id in IMPLICIT_CONVERSIONS:
+            self._edit(node, f"{node.id} | {IMPLICIT_CONVERSIONS[node.id]}")
+            return
+        shadowed = set().union(*self.scopes)
+        for child in ast.walk(node):
+            if isinstance(child, ast.Name) and child.id in shadowed and hasattr(builtins, child.id):
+                self._edit(child, f"builtins.{child.id}")
+
+    def visit_Module(self, node: ast.Module) -> None:
+        self.scopes.append(self._defined(node.body))
+        self.in_class.append(False)
+        self.generic_visit(node)
+        self.scopes.pop()
+        self.in_class.pop()
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.scopes.append(self._defined(node.body))
+        self.in_class.append(True)
+        for statement in node.body:
+            self.visit(statement)
+        self.scopes.pop()
+        self.in_class.pop()
+        assert node.end_lineno is not None
+        methods = {s.name: s for s in node.body if isinstance(s, ast.FunctionDef)}
+        defined = self._defined(node.body)
+        for attribute in self.write_only.get(node.name, []):
+            if attribute not in defined:
+                self.inserts.append((node.end_lineno, f"    {attribute}: typing.Any  # write-only"))
+        if node.name in BUFFER_CLASSES and "__buffer__" not in methods:
+            self.inserts.append(
+                (node.end_lineno, "    def __buffer__(self, flags: int, /) -> memoryview: ...")
+            )
+        if "__getitem__" in methods and "__iter__" not in methods:
+            # Python iterates any class with an int-indexed __getitem__ (Dims: `tuple(shape)`,
+            # `for d in shape`); mypy only knows __iter__.
+            item = self._int_item_type(node)
+            if item:
+                self.inserts.append(
+                    (node.end_lineno, f"    def __iter__(self) -> collections.abc.Iterator[{item}]: ...")
+                )
+
+    @staticmethod
+    def _int_item_type(node: ast.ClassDef) -> str | None:
+        for statement in node.body:
+            if not (isinstance(statement, ast.FunctionDef) and statement.name == "__getitem__"):
+                continue
+            arguments = statement.args.args
+            index = arguments[1].annotation if len(arguments) > 1 else None
+            if index is not None and ast.unparse(index) in (
+                "int",
+                "typing.SupportsInt",
+                "typing.SupportsIndex",
+            ):
+                return ast.unparse(statement.returns) if statement.returns else None
+        return None
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        arguments = node.args
+        method = self.in_class[-1] and not any(ast.unparse(d) == "staticmethod" for d in node.decorator_list)
+        for index, argument in enumerate([*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]):
+            self._annotation(argument.annotation, parameter=index > 0 or not method)
+        for variadic in (arguments.vararg, arguments.kwarg):
+            self._annotation(variadic.annotation if variadic else None, parameter=True)
+        self._annotation(node.returns)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._annotation(node.annotation)
+
+
+def fix_stub(text: str, version: str, write_only: Sequence[str] = ()) -> str:
+    """Make pybind11-stubgen's output for `tensorrt_bindings.tensorrt` a stub that Python parses
+    and mypy reads as the `tensorrt` package. Everything changed is listed here:
+
+    1. C++ names, enum reprs, `capsule` and pybind11-only signatures (`_fix_code_line`);
+    2. annotations naming a builtin the module shadows (`bool`) become `builtins.bool`;
+    3. what the bindings accept beyond their signatures: the implicit conversions to Dims and
+       Weights, IHostMemory's buffer protocol (`__buffer__`), iteration over classes with an
+       int-indexed `__getitem__` (`__iter__`) -- see `_AnnotationFixer`; write-only properties
+       (`write_only`, "Class.attribute") that stubgen drops are declared `typing.Any`;
+    4. the names `tensorrt_bindings/__init__.py` defines in Python are appended
+       (`__version__`, `volume`, `nptype`), with `_segexport_stub_version`, a marker the probe
+       reads back to prove mypy used these stubs and not others.
+    """
+    classes = set(re.findall(r"^class (\w+)", text, flags=re.MULTILINE))
+    lines = [_fix_code_line(line, classes) if code else line for _, line, code in _code_lines(text)]
+    text = "\n".join(lines) + "\n"
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as error:
+        raise ToolError(
+            f"the generated stub for {version} does not parse ({error}); extend fix_stub"
+        ) from error
+    fixer = _AnnotationFixer(write_only)
+    fixer.visit(tree)
+    lines = text.splitlines()
+    for number, start, end, replacement in sorted(fixer.edits, reverse=True):
+        row = lines[number - 1]
+        lines[number - 1] = row[:start] + replacement + row[end:]
+    for after, insert in sorted(fixer.inserts, reverse=True):
+        lines.insert(after, insert)
+    header = [
+        f"# Stubs of TensorRT {version}'s Python bindings, generated by tools/trt_typecheck.py with",
+        f"# {STUBGEN_REQUIREMENT} from {bindings_package(version)}=={version}; fixed up by fix_stub().",
+    ]
+    future = [i for i, line in enumerate(lines) if line.startswith("from __future__")]
+    insert_at = future[0] + 1 if future else 0
+    imports = ("import builtins", "import collections.abc", "import numpy", "import typing")
+    lines[insert_at:insert_at] = [line for line in imports if line not in lines]
+    lines += [
+        "",
+        "# Defined in Python by tensorrt_bindings/__init__.py (re-exported by the `tensorrt` package).",
+        "__version__: str",
+        "def volume(iterable: collections.abc.Iterable[typing.SupportsInt]) -> int: ...",
+        "def nptype(trt_type: DataType) -> type[numpy.generic]: ...",
+        "# Not part of TensorRT: read back by trt_typecheck's probe.",
+        f"_segexport_stub_version: typing.Final = {version!r}",
+    ]
+    result = "\n".join(header + lines) + "\n"
+    ast.parse(result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Per-version preparation
+
+# Run through the shim: the bindings' version, and what pybind11-stubgen leaves out: properties
+# with a setter and no getter (`IExecutionContext.device_memory`, `Builder.gpu_allocator`).
+INTROSPECT = """
+import json
+import tensorrt_bindings as package
+import tensorrt_bindings.tensorrt as bindings
+
+write_only = [
+    f"{name}.{attribute}"
+    for name, cls in vars(bindings).items() if isinstance(cls, type)
+    for attribute, value in vars(cls).items() if isinstance(value, property) and value.fget is None
+]
+print(json.dumps({"version": package.__version__, "names": len(dir(package)), "write_only": write_only}))
+"""
+
+
+@dataclass
+class Stubs:
+    version: str
+    stub_root: Path  # the directory for mypy_path: it holds tensorrt/__init__.pyi
+    sonames: list[str]
+    symbols: list[str]
+    cached: bool
+
+
+def prepare_version(version: str, cache: Path, stubgen: Path) -> Stubs:
+    """Download, shim, import, generate and fix the stubs of one version, or reuse the cache."""
+    base = cache / version
+    stamp_path = base / "stamp.json"
+    wanted = {"recipe": RECIPE, "stubgen": STUBGEN_REQUIREMENT, "version": version}
+    with locked(cache / ".locks" / version):
+        if stamp_path.exists():
+            stamp = json.loads(stamp_path.read_text())
+            if {key: stamp.get(key) for key in wanted} == wanted:
+                return Stubs(version, base / "stubs", stamp["sonames"], stamp["symbols"], cached=True)
+        for stale in ("bindings", "shim", "stubgen", "stubs", "mypy_cache", "stamp.json"):
+            path = base / stale
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        wheel = download_wheel(version, base / "wheel")
+
+        bindings = base / "bindings"
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(bindings)
+        extensions = sorted(bindings.glob("tensorrt_bindings/tensorrt*.so"))
+        if len(extensions) != 1:
+            raise ToolError(f"{wheel.name}: expected one tensorrt_bindings/tensorrt*.so, found {extensions}")
+
+        sonames, symbols = build_shim(extensions[0], base / "shim")
+        log(f"[{version}] shim: {', '.join(sonames)} defining {len(symbols)} symbols: {', '.join(symbols)}")
+
+        env = shim_environment(bindings, base / "shim", stubgen)
+        facts = json.loads(run([sys.executable, "-c", INTROSPECT], env=env))
+        imported = facts["version"]
+        if imported.split(".post")[0] != version.split(".post")[0]:
+            raise ToolError(f"the {version} wheel's bindings say they are TensorRT {imported}")
+        log(f"[{version}] import tensorrt_bindings {imported} through the shim: ok ({facts['names']} names)")
+
+        # As-is printing keeps the C++ names pybind11 leaked into signatures (rather than
+        # replacing them with `...`), so that fix_stub can map them to the bound classes.
+        raw = base / "stubgen"
+        stubgen_command = [sys.executable, "-m", "pybind11_stubgen", "--print-invalid-expressions-as-is"]
+        result = subprocess.run(
+            [*stubgen_command, "-o", str(raw), "tensorrt_bindings.tensorrt"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        raw.mkdir(parents=True, exist_ok=True)
+        (raw / "stubgen.log").write_text(result.stdout + result.stderr)
+        generated = raw / "tensorrt_bindings" / "tensorrt.pyi"
+        if result.returncode != 0 or not generated.exists():
+            raise ToolError(
+                f"pybind11-stubgen failed for {version} (exit {result.returncode}):\n{result.stderr}"
+            )
+
+        package = base / "stubs" / "tensorrt"
+        package.mkdir(parents=True)
+        stub = fix_stub(generated.read_text(), version, facts["write_only"])
+        (package / "__init__.pyi").write_text(stub)
+        log(f"[{version}] stubs: {relative(package / '__init__.pyi')} ({stub.count(chr(10))} lines)")
+        stamp_path.write_text(json.dumps({**wanted, "sonames": sonames, "symbols": symbols}, indent=2))
+    return Stubs(version, base / "stubs", sonames, symbols, cached=False)
+
+
+# --------------------------------------------------------------------------------------------
+# mypy
+
+
+def _ini_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def mypy_config(pyproject: Path, stub_root: Path) -> str:
+    """The project's `[tool.mypy]` as a mypy.ini, plus what this check needs:
+
+    * `mypy_path` = this version's stubs (ahead of anything else, incl. an installed
+      `tensorrt-stubs`);
+    * `tensorrt` must be found (`ignore_missing_imports = False`) and its stub's own
+      inconsistencies (pybind11 signatures mypy dislikes) are not our errors;
+    * imported modules are analysed for their types but reported only by `make typecheck`
+      (`follow_imports = silent`): this check is about the TensorRT modules.
+    """
+    settings: dict[str, object] = {}
+    overrides: list[dict[str, object]] = []
+    if pyproject.exists():
+        section = tomllib.loads(pyproject.read_text()).get("tool", {}).get("mypy", {})
+        overrides = list(section.pop("overrides", []))
+        settings.update(section)
+    for key in ("files", "exclude", "cache_dir", "follow_imports"):
+        settings.pop(key, None)
+    project_path = settings.pop("mypy_path", [])
+    extra = project_path if isinstance(project_path, list) else str(project_path).replace(":", ",").split(",")
+    settings["mypy_path"] = [str(stub_root), *(str(ROOT / p.strip()) for p in extra if str(p).strip())]
+    settings["follow_imports"] = "silent"
+    lines = ["[mypy]", *(f"{key} = {_ini_value(value)}" for key, value in settings.items())]
+    for override in overrides:
+        modules = override.pop("module")
+        lines += ["", f"[mypy-{_ini_value(modules)}]"]
+        lines += [f"{key} = {_ini_value(value)}" for key, value in override.items()]
+    lines += ["", "[mypy-tensorrt.*]", "ignore_missing_imports = False", "ignore_errors = True"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Result:
+    version: str
+    ok: bool
+    messages: list[str] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+
+
+def run_mypy(stubs: Stubs, files: Sequence[Path], cache: Path) -> Result:
+    """mypy over the probe and `files` against one version's stubs."""
+    started = time.monotonic()
+    # The probe has a fixed path: mypy's cache replays a module's errors with the path it had
+    # when they were found, so a probe in a fresh temporary directory would not be recognised.
+    probe = stubs.stub_root.parent / "probe" / f"{PROBE_NAME}.py"
+    if not probe.exists() or probe.read_text() != PROBE_SOURCE:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        scratch = probe.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(PROBE_SOURCE)
+        scratch.replace(probe)
+    with tempfile.TemporaryDirectory(prefix="trt-typecheck-") as tmp:
+        config = Path(tmp) / "mypy.ini"
+        config.write_text(mypy_config(ROOT / "pyproject.toml", stubs.stub_root))
+        # mypy's incremental cache does not recheck a module whose content is unchanged even when
+        # its path changed, and replays its messages with the old path. Files outside the
+        # repository (tests' temporary files) therefore get a throwaway cache; the repository's
+        # modules keep one per version, which makes warm runs take about a second.
+        in_repository = all(f.is_relative_to(ROOT) for f in files)
+        mypy_cache = cache / stubs.version / "mypy_cache" if in_repository else Path(tmp) / "mypy_cache"
+        command = [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(config),
+            "--cache-dir",
+            str(mypy_cache),
+            "--show-absolute-path",
+            "--show-error-codes",
+            "--no-error-summary",
+            "--no-color-output",
+            "--no-pretty",
+            str(probe),
+            *(str(f) for f in files),
+        ]
+        env = dict(os.environ)
+        env.pop("MYPYPATH", None)  # mypy_path in the config, and nothing ahead of it
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+        output = (result.stdout + result.stderr).splitlines()
+
+    revealed = missing_flagged = False
+    probe_problems: list[str] = []
+    messages: list[str] = []
+    errors = 0
+    for line in output:
+        match = MYPY_LINE.match(line)
+        if match and Path(match["path"]).name == probe.name:  # (by name: see the cache note above)
+            number, message = int(match["line"]), match["message"]
+            if number == PROBE_REVEAL_LINE and match["severity"] == "note":
+                revealed = repr(stubs.version) in message
+            elif number == PROBE_MISSING_LINE and PROBE_MISSING in message:
+                missing_flagged = True
+            else:
+                probe_problems.append(f"probe line {number}: {message}")
+            continue
+        if match:
+            errors += match["severity"] == "error"
+            messages.append(
+                f"{relative(Path(match['path']))}:{match['line']}: {match['severity']}: {match['message']}"
+            )
+        elif line.strip():
+            messages.append(line)
+    seconds = time.monotonic() - started
+    if result.returncode not in (0, 1):
+        return Result(
+            stubs.version, False, [f"mypy exited {result.returncode}", *messages], errors + 1, seconds
+        )
+    if probe_problems or not (revealed and missing_flagged):
+        problem = (
+            f"mypy did not use the generated stubs in {relative(stubs.stub_root)} "
+            f"(marker revealed: {revealed}, nonexistent attribute flagged: {missing_flagged}); "
+            "with ignore_missing_imports a missing stub makes `trt` Any and hides every error"
+        )
+        return Result(stubs.version, False, [problem, *probe_problems, *messages], errors + 1, seconds)
+    return Result(stubs.version, errors == 0, messages, errors, seconds)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def release(text: str) -> str:
+    """A TensorRT version as given on the command line (it names a cache directory, too)."""
+    if not re.fullmatch(r"\d+(\.\d+)+(\.post\d+)?", text):
+        raise argparse.ArgumentTypeError(f"not a TensorRT version: {text!r} (e.g. 10.3.0)")
+    return text
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Type-check the TensorRT code against the real bindings of several TensorRT versions.",
+    )
+    parser.add_argument(
+        "--versions",
+        nargs="+",
+        type=release,
+        default=list(DEFAULT_VERSIONS),
+        metavar="V",
+        help=f"TensorRT versions (default: {' '.join(DEFAULT_VERSIONS)})",
+    )
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        type=Path,
+        metavar="F",
+        help="modules to check (default: every module of segexport/ that imports tensorrt)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("SEGEXPORT_TRT_CACHE", ROOT / ".cache" / "trt-stubs")),
+        help="downloads and stubs, by version (default: .cache/trt-stubs, or $SEGEXPORT_TRT_CACHE)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not sys.platform.startswith("linux"):
+        log("trt-typecheck: needs Linux (ELF shims of TensorRT's libraries)")
+        return 2
+    cache = args.cache.resolve()
+    if args.files:
+        files = [f.resolve() for f in args.files]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            log(f"trt-typecheck: no such file: {', '.join(missing)}")
+            return 2
+        unchecked: list[Path] = []
+    else:
+        files, unchecked = discover_modules(PACKAGE_DIR)
+    names = ", ".join(relative(f) for f in files) or "none"
+    log(f"trt-typecheck: {plural(len(files), 'module')} using tensorrt: {names}")
+    for path in unchecked:
+        log(
+            f"trt-typecheck: warning: {relative(path)} loads tensorrt by name (importlib), which mypy "
+            "types as a plain module: its TensorRT calls are NOT checked; use `import tensorrt as trt`"
+        )
+
+    results: list[Result] = []
+    try:
+        prepare_cache(cache)
+        stubgen = ensure_stubgen(cache)
+        prepared = []
+        for version in dict.fromkeys(args.versions):
+            started = time.monotonic()
+            stubs = prepare_version(version, cache, stubgen)
+            how = "cached" if stubs.cached else f"built in {time.monotonic() - started:.1f}s"
+            log(f"[{version}] stubs {how}: {relative(stubs.stub_root / 'tensorrt' / '__init__.pyi')}")
+            prepared.append(stubs)
+        # One mypy process per version, side by side: a cold run analyses everything the
+        # modules import (torch included) once per version.
+        log(f"trt-typecheck: mypy on {plural(len(files), 'module')} x {plural(len(prepared), 'version')} ...")
+        with ThreadPoolExecutor(max_workers=max(1, min(len(prepared), os.cpu_count() or 1))) as pool:
+            futures = [pool.submit(run_mypy, stubs, files, cache) for stubs in prepared]
+            for future in futures:
+                result = future.result()
+                for message in result.messages:
+                    log(f"[{result.version}]   {message}")
+                log(f"[{result.version}] mypy: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s")
+                results.append(result)
+    except ToolError as error:
+        log(f"trt-typecheck: error: {error}")
+        return 2
+
+    log("")
+    for result in results:
+        if result.ok:
+            log(f"tensorrt {result.version}: OK ({plural(len(files), 'module')})")
+        else:
+            log(f"tensorrt {result.version}: FAILED ({plural(result.errors, 'error')})")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
