@@ -116,12 +116,57 @@ class PrecisionBenchRow:
     precision: str
     onnxruntime_ms: float
     speedup_vs_fp32: float
-    agreement: float
+    agreement: float | None  # None: random weights, timed only
     miou: float | None
     qdq_pairs: int | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+BENCH_PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
+
+
+def _precision_file(name: str) -> str:
+    return "model.onnx" if name == "fp32" else f"model.{name}.onnx"
+
+
+def _quantize_demo(
+    name: str, out: Path, size: tuple[int, int], threads: int, say: Progress
+) -> dict[str, Any]:
+    """The demo checkpoint through the real quantize stage: figures measured on the eval split."""
+    from segexport.quantize import QuantizeRequest, quantize_artifact
+
+    export_onnx(ExportRequest(name, weights="demo", size=size, out_dir=out, threads=threads))
+    request = QuantizeRequest(artifacts=out, int8_cpu=True, threads=threads)
+    return dict(quantize_artifact(request, progress=say)["precisions"])
+
+
+def _convert_random(
+    name: str, out: Path, size: tuple[int, int], threads: int, say: Progress
+) -> dict[str, Any]:
+    """Seeded random weights, for models without a demo checkpoint: the same graph transforms,
+    timed only (agreement on random weights means nothing, so none is reported)."""
+    import onnx
+
+    from segexport import precision
+    from segexport.artifacts import read_manifest, sha256_file
+    from segexport.quantize import RECOMMENDED_CALIBRATION_IMAGES, calibration_batches
+
+    torch.manual_seed(0)
+    export_onnx(ExportRequest(name, size=size, out_dir=out, threads=threads))
+    fp32_path = out / "model.onnx"
+    fp32 = onnx.load(str(fp32_path))
+    count = RECOMMENDED_CALIBRATION_IMAGES
+    batches = calibration_batches("synthetic", count, size, read_manifest(out), say)
+    calibration = precision.calibrate(fp32_path, batches, "minmax", sha256_file(fp32_path), out)
+    onnx.save(precision.to_fp16(fp32), str(out / "model.fp16.onnx"))
+    pairs = {}
+    for scheme_name, scheme in precision.INT8_SCHEMES.items():
+        int8 = precision.to_int8(fp32, calibration, scheme=scheme)
+        onnx.save(int8, str(out / _precision_file(scheme_name)))
+        pairs[scheme_name] = {"qdq_pairs": sum(1 for n in int8.graph.node if n.op_type == "QuantizeLinear")}
+    return {"fp32": {}, "fp16": {}, **pairs}
 
 
 def bench_precision(
@@ -132,8 +177,12 @@ def bench_precision(
     threads: int = 2,
     progress: Progress | None = None,
 ) -> list[PrecisionBenchRow]:
-    """Demo checkpoint -> FP32/FP16/INT8 ONNX; ONNX Runtime CPU latency of each, side by side."""
-    from segexport.quantize import QuantizeRequest, quantize_artifact
+    """FP32/FP16/INT8 (TensorRT and CPU schemes) ONNX Runtime CPU latency, side by side.
+
+    Models with a demo checkpoint go through `segexport quantize` and report accuracy;
+    others are timed on seeded random weights.
+    """
+    from segexport.weights import DEMO_DIR
 
     say = progress or (lambda _message: None)
     rows = []
@@ -141,26 +190,27 @@ def bench_precision(
         for name in models:
             spec = get_spec(name)
             out = Path(workdir) / spec.name
-            say(f"{spec.name}: exporting the demo checkpoint at {size[0]}x{size[1]} and quantizing")
-            export_onnx(ExportRequest(spec.name, weights="demo", size=size, out_dir=out, threads=threads))
-            manifest = quantize_artifact(QuantizeRequest(artifacts=out, threads=threads), progress=say)
-            precisions = ["fp32", "fp16", "int8"]
-            runners = [
-                OnnxRuntimeRunner(out / ("model.onnx" if p == "fp32" else f"model.{p}.onnx"), threads=threads)
-                for p in precisions
-            ]
+            trained = (DEMO_DIR / spec.name / "demo.safetensors").is_file()
+            say(
+                f"{spec.name}: exporting {'the demo checkpoint' if trained else 'random weights'} "
+                f"at {size[0]}x{size[1]} and converting"
+            )
+            convert = _quantize_demo if trained else _convert_random
+            results = convert(spec.name, out, size, threads, say)
+            runners = [OnnxRuntimeRunner(out / _precision_file(p), threads=threads) for p in BENCH_PRECISIONS]
             feeds = {"image": spec.example_inputs(InputShape(1, *size), 1)["image"].numpy()}
             say(f"{spec.name}: timing {runs} interleaved runs of each precision, {threads} threads")
             medians = interleaved_medians([partial(r.infer, feeds) for r in runners], runs, warmup)
-            for precision_name, median in zip(precisions, medians, strict=True):
-                result = manifest["precisions"][precision_name]
+            for precision_name, median in zip(BENCH_PRECISIONS, medians, strict=True):
+                result = results[precision_name]
+                agreement = result.get("agreement")
                 rows.append(
                     PrecisionBenchRow(
                         spec.name,
                         precision_name,
                         round(median, 2),
                         round(medians[0] / median, 3),
-                        round(result["agreement"], 5),
+                        None if agreement is None else round(agreement, 5),
                         result.get("miou"),
                         result.get("qdq_pairs"),
                     )
@@ -175,10 +225,11 @@ def format_precision_table(rows: Sequence[PrecisionBenchRow]) -> str:
     ]
     for row in rows:
         miou = "-" if row.miou is None else f"{row.miou:.4f}"
+        agreement = "- (random weights)" if row.agreement is None else f"{row.agreement:.4%}"
         pairs = "-" if row.qdq_pairs is None else str(row.qdq_pairs)
         lines.append(
             f"| {row.model} | {row.precision} | {row.onnxruntime_ms:.1f} | {row.speedup_vs_fp32:.2f}x | "
-            f"{row.agreement:.4%} | {miou} | {pairs} |"
+            f"{agreement} | {miou} | {pairs} |"
         )
     return "\n".join(lines)
 

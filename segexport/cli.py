@@ -323,7 +323,12 @@ def evaluate_command(
 @click.option("--artifacts", type=click.Path(path_type=Path), help="Artifact directory [artifacts/MODEL].")
 @click.option("--weights", help="Checkpoint for the export step, or 'demo'.")
 @click.option("--fp16", is_flag=True, help="Write model.fp16.onnx.")
-@click.option("--int8", is_flag=True, help="Write model.int8.onnx (Q/DQ).")
+@click.option("--int8", is_flag=True, help="Write model.int8.onnx (Q/DQ for TensorRT).")
+@click.option(
+    "--int8-cpu",
+    is_flag=True,
+    help="Write model.int8-cpu.onnx: asymmetric UINT8 Q/DQ for ONNX Runtime on x86 CPUs (not TensorRT).",
+)
 @click.option("--calib", default="synthetic", show_default=True, help="'synthetic' or a folder of images.")
 @click.option("--calib-size", type=int, default=64, show_default=True, help="Calibration images.")
 @click.option(
@@ -350,6 +355,7 @@ def quantize(
     weights: str | None,
     fp16: bool,
     int8: bool,
+    int8_cpu: bool,
     calib: str,
     calib_size: int,
     method: str,
@@ -365,13 +371,14 @@ def quantize(
     from segexport.quantize import QuantizeRequest, quantize_artifact
 
     ctx.meta["json"] = as_json
-    both = not (fp16 or int8)
+    both = not (fp16 or int8 or int8_cpu)
     request = QuantizeRequest(
         artifacts=artifacts,
         model=model_name,
         weights=weights,
         fp16=fp16 or both,
         int8=int8 or both,
+        int8_cpu=int8_cpu,
         calib=calib,
         calib_size=calib_size,
         method=method,
@@ -389,7 +396,108 @@ def quantize(
         return
     for name, result in manifest["precisions"].items():
         miou = f", mIoU {result['miou']:.4f}" if "miou" in result else ""
-        click.echo(f"  {name:>5}: agreement {result['agreement']:.4%}, rel L2 {result['rel_l2']:.2e}{miou}")
+        click.echo(f"  {name:>8}: agreement {result['agreement']:.4%}, rel L2 {result['rel_l2']:.2e}{miou}")
+
+
+@main.command()
+@click.option("--fp16", is_flag=True, help="Strongly typed engine from model.fp16.onnx (the default).")
+@click.option("--int8", is_flag=True, help="Strongly typed engine from the Q/DQ model.int8.onnx.")
+@click.option("--fp32", is_flag=True, help="Engine from model.onnx.")
+@click.option("--model", "model_name", help="Zoo name; runs the missing earlier stages first.")
+@click.option("--weights", help="Checkpoint for the export step [the shipped demo checkpoint if any].")
+@click.option("--artifacts", type=click.Path(path_type=Path), help="Artifact directory [artifacts/MODEL].")
+@click.option("--min-size", callback=_size, help="Smallest HxW of the profile [the ONNX's range].")
+@click.option("--opt-size", callback=_size, help="HxW TensorRT tunes for [the export size].")
+@click.option("--max-size", callback=_size, help="Largest HxW of the profile [the ONNX's range].")
+@click.option("--max-batch", type=int, help="Largest batch of the profile [the ONNX's range].")
+@click.option("--workspace", "workspace_gib", type=float, help="Builder workspace limit in GiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache to read and update.")
+@click.option("--opt-level", type=int, help="Builder optimization level 0-5 [TensorRT's default, 3].")
+@click.option("--dla-core", type=int, help="Build for this DLA core (Jetson, TensorRT 10.x).")
+@click.option("--gpu-fallback", is_flag=True, help="With --dla-core: run unsupported layers on the GPU.")
+@click.option("--version-compatible", is_flag=True, help="Engine that later TensorRT releases can run.")
+@click.option(
+    "--hardware-compat",
+    type=click.Choice(["same", "ampere+"]),
+    default="same",
+    show_default=True,
+    help="GPUs the engine may run on.",
+)
+@click.option(
+    "--legacy-fp16-flag", is_flag=True, help="TensorRT 10.x only: weakly typed FP16 from the FP32 ONNX."
+)
+@click.option("--force", is_flag=True, help="Replace an existing engine.")
+@click.option("--threads", type=int, help="CPU threads for the earlier stages and the check.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def trt(
+    ctx: click.Context,
+    fp16: bool,
+    int8: bool,
+    fp32: bool,
+    model_name: str | None,
+    weights: str | None,
+    artifacts: Path | None,
+    min_size: tuple[int, int] | None,
+    opt_size: tuple[int, int] | None,
+    max_size: tuple[int, int] | None,
+    max_batch: int | None,
+    workspace_gib: float | None,
+    timing_cache: Path | None,
+    opt_level: int | None,
+    dla_core: int | None,
+    gpu_fallback: bool,
+    version_compatible: bool,
+    hardware_compat: str,
+    legacy_fp16_flag: bool,
+    force: bool,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Build a TensorRT engine (10.x or 11.x) from the verified precision ONNX, then check it."""
+    from segexport.build import BuildOptions, BuildRequest, build_artifact, choose_precision, engine_file
+
+    ctx.meta["json"] = as_json
+    options = BuildOptions(
+        precision=choose_precision(fp32=fp32, fp16=fp16, int8=int8),
+        min_size=min_size,
+        opt_size=opt_size,
+        max_size=max_size,
+        max_batch=max_batch,
+        workspace_gib=workspace_gib,
+        timing_cache=timing_cache,
+        opt_level=opt_level,
+        dla_core=dla_core,
+        gpu_fallback=gpu_fallback,
+        version_compatible=version_compatible,
+        hardware_compat=hardware_compat,
+        legacy_fp16_flag=legacy_fp16_flag,
+    )
+    if model_name is None and artifacts is None:
+        model_name = "segformer-b0"
+    request = BuildRequest(options, artifacts, model_name, weights, force, threads)
+    manifest = build_artifact(request, progress=_progress)
+    name = engine_file(options.precision)
+    record = manifest["engines"][name]
+    if as_json:
+        click.echo(json.dumps({"ok": True, "engine": name, **record}, indent=2))
+        return
+    click.echo(
+        f"wrote {name}: TensorRT {record['tensorrt']} on {record['gpu']['name']}, "
+        f"{record['build_seconds']:.1f} s"
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """What this machine can do: TensorRT, CUDA and GPUs, ONNX Runtime providers, torch."""
+    from segexport.doctor import environment_report, format_report
+
+    ctx.meta["json"] = as_json
+    report = environment_report()
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 @main.group()

@@ -4,7 +4,9 @@ TensorRT 11 builds strongly typed networks only: FP16 comes from FP16 tensors in
 graph and INT8 from Q/DQ nodes; Jetson's TensorRT 10 builds the same graphs. So this
 stage writes `model.fp16.onnx` (FP32 inputs/outputs, overflow-prone ops kept in FP32)
 and `model.int8.onnx` (symmetric INT8 Q/DQ on the inputs of compute ops, per-channel
-weights, calibrated per-tensor activations).
+weights, calibrated per-tensor activations). On request it also writes
+`model.int8-cpu.onnx`, the scheme ONNX Runtime's x86 kernels are fast with, for
+deployments that stay on the CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +39,26 @@ FP32_OPS = (
 
 # Explicit quantization as TensorRT expects it: Q/DQ on the inputs of compute ops only.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """Where Q/DQ goes and how activations are encoded; weights are always symmetric per-channel INT8."""
+
+    unsigned_activations: bool
+    ops: tuple[str, ...]
+    purpose: str
+
+
+INT8_SCHEMES = {
+    # TensorRT: signed INT8 with zero point 0 everywhere (the only Q/DQ it accepts).
+    "int8": Int8Scheme(False, QUANTIZED_OPS, "TensorRT (symmetric INT8, zero point 0)"),
+    # ONNX Runtime on x86: asymmetric UINT8 activations let a Relu/Clip before a Q fold
+    # into the zero point and hit the U8S8 (VNNI) kernels; MatMul stays float because its
+    # int8 kernels are slower than FP32 GEMM at SegFormer's token shapes (measured: 0.97x
+    # with MatMul, 1.17x without, segformer-b0 512x512, 2 threads).
+    "int8-cpu": Int8Scheme(True, ("Conv", "ConvTranspose"), "ONNX Runtime on x86 CPUs (asymmetric UINT8)"),
+}
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32_ops: Sequence[str] = FP32_OPS) -> onnx.ModelProto:
@@ -236,9 +258,12 @@ def output_producers(model: onnx.ModelProto) -> list[str]:
 
 
 def to_int8(
-    model: onnx.ModelProto, calibration: Calibration, keep_float: Sequence[str] = ()
+    model: onnx.ModelProto,
+    calibration: Calibration,
+    keep_float: Sequence[str] = (),
+    scheme: Int8Scheme = INT8_SCHEMES["int8"],
 ) -> onnx.ModelProto:
-    """Symmetric INT8 Q/DQ (zero point 0) on compute-op inputs; `keep_float` nodes untouched."""
+    """Q/DQ on the scheme's compute-op inputs (TensorRT's by default); `keep_float` nodes untouched."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -252,14 +277,18 @@ def to_int8(
         onnx.ModelProto.FromString(model.SerializeToString()),
         True,  # per-channel weights
         False,  # no reduce_range: TensorRT and VNNI use the full INT8 range
-        QuantType.QInt8,
-        QuantType.QInt8,
+        QuantType.QInt8,  # weights
+        QuantType.QUInt8 if scheme.unsigned_activations else QuantType.QInt8,  # activations
         tensors,
         [],
         excluded,
-        list(QUANTIZED_OPS),
+        list(scheme.ops),
         # Bias stays float: TensorRT's Q/DQ types are INT8/INT4/FP8/FP4, not INT32.
-        {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        {
+            "ActivationSymmetric": not scheme.unsigned_activations,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+        },
     )
     return quantizer.quantize_model()
 

@@ -49,6 +49,7 @@ class QuantizeRequest:
     weights: str | None = None
     fp16: bool = True
     int8: bool = True
+    int8_cpu: bool = False
     calib: str = "synthetic"
     calib_size: int = 64
     method: str = "minmax"
@@ -231,10 +232,13 @@ def _write_model(model: onnx.ModelProto, path: Path, force: bool) -> None:
 
 
 def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None) -> dict[str, Any]:
-    """Write model.fp16.onnx / model.int8.onnx beside model.onnx; returns the new manifest."""
+    """Write model.fp16.onnx / model.int8.onnx / model.int8-cpu.onnx beside model.onnx.
+
+    Returns the new manifest.
+    """
     say = progress or (lambda _message: None)
-    if not (request.fp16 or request.int8):
-        raise SegexportError("nothing to do: pass --fp16, --int8 or both")
+    if not (request.fp16 or request.int8 or request.int8_cpu):
+        raise SegexportError("nothing to do: pass --fp16, --int8 or --int8-cpu")
     directory = request.artifacts
     if directory is None:
         if request.model is None:
@@ -249,7 +253,12 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     fp32_path = vouched_path(directory, "model.onnx", manifest)
     if get_spec(manifest["model"]["name"]).input_kind != "image":
         raise SegexportError(f"{manifest['model']['name']}: quantize handles image models")
-    for name, wanted in (("model.fp16.onnx", request.fp16), ("model.int8.onnx", request.int8)):
+    wanted_files = {
+        "model.fp16.onnx": request.fp16,
+        "model.int8.onnx": request.int8,
+        "model.int8-cpu.onnx": request.int8_cpu,
+    }
+    for name, wanted in wanted_files.items():
         if wanted and (directory / name).exists() and not request.force:
             raise SegexportError(f"{directory / name} already exists; pass --force to replace it")
     fp32 = onnx.load(str(fp32_path))
@@ -269,25 +278,27 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
                 "kept_fp32_ops": list(precision.FP32_OPS),
                 "seconds": round(time.perf_counter() - started, 2),
             }
-        if request.int8:
-            results["int8"] = _int8(request, directory, fp32, fp32_path, manifest, evalset, workdir, say)
+        schemes = (("int8", request.int8), ("int8-cpu", request.int8_cpu))
+        int8_names = [name for name, wanted in schemes if wanted]
+        if int8_names:
+            calibration = _calibration(request, directory, fp32_path, manifest, workdir, say)
+            for name in int8_names:
+                results[name] = _int8(name, request, directory, fp32, calibration, evalset, workdir, say)
     manifest["precisions"] = results
     manifest["files"] = describe_files(directory)
     write_json_atomic(directory / "manifest.json", manifest)
     return manifest
 
 
-def _int8(
+def _calibration(
     request: QuantizeRequest,
     directory: Path,
-    fp32: onnx.ModelProto,
     fp32_path: Path,
     manifest: dict[str, Any],
-    evalset: EvalSet,
     workdir: Path,
     say: Progress,
-) -> dict[str, Any]:
-    started = time.perf_counter()
+) -> precision.Calibration:
+    """Activation ranges from the cache, or from the calibration set; saved as calib.json."""
     graph_sha = sha256_file(fp32_path)
     if request.calib_cache is not None and request.calib_cache.is_file():
         calibration = precision.Calibration.load(request.calib_cache, graph_sha)
@@ -302,9 +313,26 @@ def _int8(
     calibration.save(directory / "calib.json")
     if request.calib_cache is not None and not request.calib_cache.exists():
         calibration.save(request.calib_cache)
+    return calibration
+
+
+def _int8(
+    name: str,
+    request: QuantizeRequest,
+    directory: Path,
+    fp32: onnx.ModelProto,
+    calibration: precision.Calibration,
+    evalset: EvalSet,
+    workdir: Path,
+    say: Progress,
+) -> dict[str, Any]:
+    """One INT8 scheme, with sensitive layers kept float until the agreement target is met."""
+    started = time.perf_counter()
+    scheme = precision.INT8_SCHEMES[name]
     kept: list[str] = []
-    int8 = precision.to_int8(fp32, calibration)
-    path = workdir / "model.int8.onnx"
+    say(f"quantizing {name}: {scheme.purpose}")
+    int8 = precision.to_int8(fp32, calibration, scheme=scheme)
+    path = workdir / f"model.{name}.onnx"
     onnx.save(int8, str(path))
     measured = measure(path, evalset, request.threads)
     if measured["agreement"] < request.min_agreement:
@@ -312,15 +340,20 @@ def _int8(
         ranking = sensitivity_ranking(fp32, int8, evalset.inputs, workdir)
         count = 1
         while measured["agreement"] < request.min_agreement and count <= len(ranking):
-            kept = [name for name, _ in ranking[:count]]
-            int8 = precision.to_int8(fp32, calibration, keep_float=kept)
+            kept = [node for node, _ in ranking[:count]]
+            int8 = precision.to_int8(fp32, calibration, keep_float=kept, scheme=scheme)
             onnx.save(int8, str(path))
             measured = measure(path, evalset, request.threads)
             say(f"  {count} layers kept float: agreement {measured['agreement']:.4f}")
             count *= 2
-    _write_model(int8, directory / "model.int8.onnx", request.force)
+    _write_model(int8, directory / f"model.{name}.onnx", request.force)
     return {
         **measured,
+        "scheme": {
+            "purpose": scheme.purpose,
+            "unsigned_activations": scheme.unsigned_activations,
+            "quantized_ops": list(scheme.ops),
+        },
         "calibration": {
             "source": request.calib,
             "images": calibration.images,

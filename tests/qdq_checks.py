@@ -23,16 +23,22 @@ def weight_axis(op_type: str, node: onnx.NodeProto, ndim: int) -> int:
     return ndim - 1  # MatMul: [K, N] weights, one scale per output column
 
 
-def assert_qdq_well_formed(model: onnx.ModelProto) -> int:
+def assert_qdq_well_formed(
+    model: onnx.ModelProto, scheme: precision.Int8Scheme = precision.INT8_SCHEMES["int8"]
+) -> int:
+    """Weights: symmetric per-channel INT8 on the right axis. Activations: INT8 with zero
+    point 0 (TensorRT), or UINT8 with any zero point (the CPU scheme). Scales finite, > 0."""
     pairs = precision.qdq_pairs(model)
     assert pairs, "no Q/DQ pairs"
+    activation_dtype = "uint8" if scheme.unsigned_activations else "int8"
     for pair in pairs:
-        assert pair["dtype"] == "int8", pair["node"]
-        assert pair["zero_point_max"] == 0, pair["node"]
+        assert pair["dtype"] == ("int8" if pair["is_weight"] else activation_dtype), pair["node"]
+        if pair["is_weight"] or not scheme.unsigned_activations:
+            assert pair["zero_point_max"] == 0, pair["node"]
         scale = np.asarray(pair["scale"])
         assert np.all(np.isfinite(scale)) and np.all(scale > 0), pair["node"]
         for op_type, index, consumer in pair["consumers"]:
-            assert op_type in precision.QUANTIZED_OPS or not pair["is_weight"], (pair["node"], op_type)
+            assert op_type in scheme.ops or not pair["is_weight"], (pair["node"], op_type)
             if pair["is_weight"] and index == 1:
                 ndim = len(pair["weight_shape"])
                 expected = weight_axis(op_type, consumer, ndim)

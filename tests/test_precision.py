@@ -67,15 +67,20 @@ def _demo_artifact(name: str, root: Path) -> Path:
 @pytest.mark.parametrize("name", DEMO_MODELS)
 def test_demo_precisions_meet_targets(name: str, tmp_path: Path) -> None:
     artifact = _demo_artifact(name, tmp_path)
-    manifest = quantize_artifact(QuantizeRequest(artifacts=artifact))
+    manifest = quantize_artifact(QuantizeRequest(artifacts=artifact, int8_cpu=True))
     results = manifest["precisions"]
     assert results["fp32"]["agreement"] >= 0.9999
     assert results["fp16"]["agreement"] >= 0.995
-    assert results["int8"]["agreement"] >= 0.99
-    assert results["fp32"]["miou"] - results["int8"]["miou"] <= 0.01
-    assert results["int8"]["calibration"]["images"] == 64
-    assert_qdq_well_formed(onnx.load(str(artifact / "model.int8.onnx")))
-    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "calib.json"} <= set(manifest["files"])
+    for scheme_name in ("int8", "int8-cpu"):
+        assert results[scheme_name]["agreement"] >= 0.99
+        assert results["fp32"]["miou"] - results[scheme_name]["miou"] <= 0.01
+        assert results[scheme_name]["calibration"]["images"] == 64
+        graph = onnx.load(str(artifact / f"model.{scheme_name}.onnx"))
+        assert_qdq_well_formed(graph, precision.INT8_SCHEMES[scheme_name])
+    assert results["int8-cpu"]["scheme"]["unsigned_activations"] is True
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx", "calib.json"} <= set(
+        manifest["files"]
+    )
     cache = json.loads((artifact / "calib.json").read_text())
     assert cache["graph_sha256"] == manifest["files"]["model.onnx"]["sha256"]
 
