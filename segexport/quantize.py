@@ -8,6 +8,7 @@ in float when INT8 misses the agreement target, and records everything in the ma
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 import warnings
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 
 from segexport import precision
 from segexport.artifacts import (
@@ -32,11 +32,9 @@ from segexport.artifacts import (
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
 from segexport.errors import SegexportError
 from segexport.export import ExportRequest, export_onnx
-from segexport.metrics import confusion_matrix, iou_report
 from segexport.runtime import OnnxRuntimeRunner, preprocess
-from segexport.verify import TorchRunner
-from segexport.weights import load_weights
-from segexport.zoo import create_model, get_spec
+from segexport.verify import OutputStats, Tolerance, TorchRunner, data_size, reference_model
+from segexport.zoo import get_spec
 
 Progress = Callable[[str], None]
 RECOMMENDED_CALIBRATION_IMAGES = 32
@@ -70,15 +68,6 @@ class EvalSet:
     class_names: tuple[str, ...]
 
 
-def _image_size(manifest: dict[str, Any]) -> tuple[int, int]:
-    trained = manifest["model"].get("trained") or {}
-    if "input_size" in trained:
-        height, width = trained["input_size"]
-        return int(height), int(width)
-    _, height, width = (int(v) for v in manifest["export_shape"].split("x"))
-    return height, width
-
-
 def calibration_batches(
     source: str, count: int, size: tuple[int, int], manifest: dict[str, Any], progress: Progress
 ) -> list[dict[str, np.ndarray]]:
@@ -110,28 +99,12 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
-def _reference_model(manifest: dict[str, Any]) -> torch.nn.Module:
-    info = manifest["model"]
-    model = create_model(info["name"], num_classes=info["num_classes"], **info.get("options", {}))
-    weights = info.get("weights")
-    if not weights:
-        raise SegexportError(
-            f"{info['name']} was exported with random weights: precision cannot be judged on them; "
-            "export with --weights CKPT (or --weights demo)"
-        )
-    path = Path(weights["path"])
-    if not path.is_file() or sha256_file(path) != weights["sha256"]:
-        raise SegexportError(f"{path}: the checkpoint this artifact was exported from is missing or changed")
-    load_weights(model, path)
-    return model.eval()
-
-
 def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) -> EvalSet:
     """The synthetic eval split when the model was trained on it; random inputs otherwise."""
     spec = get_spec(manifest["model"]["name"])
     class_names = tuple(manifest["model"]["class_names"])
-    size = _image_size(manifest)
-    reference = TorchRunner(_reference_model(manifest), spec.output_names, threads)
+    size = data_size(manifest)
+    reference = TorchRunner(reference_model(manifest), spec.output_names, threads)
     prep = manifest["preprocessing"]
     inputs: list[np.ndarray] = []
     labels: list[np.ndarray] | None = []
@@ -152,32 +125,20 @@ def measure(path: Path, evalset: EvalSet, threads: int | None) -> dict[str, Any]
     """Agreement, relative L2 and mIoU of one ONNX file against PyTorch FP32."""
     runner = OnnxRuntimeRunner(path, threads=threads)
     name = runner.output_names[0]
-    num_classes = len(evalset.class_names)
-    agree = total = 0
-    squared_error = squared_norm = 0.0
-    truth_confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    reference_confusion = np.zeros_like(truth_confusion)
-    nonfinite = 0
+    stats = OutputStats(name, labels=True)
     for index, (x, expected) in enumerate(zip(evalset.inputs, evalset.reference, strict=True)):
-        actual = runner.infer({"image": x})[name]
-        nonfinite += int(np.size(actual) - np.count_nonzero(np.isfinite(actual)))
-        predicted, wanted = actual.argmax(1), expected.argmax(1)
-        agree += int((predicted == wanted).sum())
-        total += predicted.size
-        squared_error += float(np.square(actual.astype(np.float64) - expected).sum())
-        squared_norm += float(np.square(expected.astype(np.float64)).sum())
-        if evalset.labels is not None:
-            truth_confusion += confusion_matrix(evalset.labels[index], predicted, num_classes)
-            reference_confusion += confusion_matrix(evalset.labels[index], wanted, num_classes)
+        truth = None if evalset.labels is None else evalset.labels[index]
+        stats.add(expected, runner.infer({"image": x})[name], truth)
+    figures = stats.result(Tolerance(max_rel_l2=math.inf))
     result: dict[str, Any] = {
-        "agreement": agree / total,
-        "rel_l2": (squared_error / max(squared_norm, 1e-30)) ** 0.5,
-        "nonfinite": nonfinite,
+        "agreement": figures.agreement,
+        "rel_l2": figures.rel_l2,
+        "nonfinite": figures.nonfinite,
         "images": len(evalset.inputs),
     }
     if evalset.labels is not None:
-        result["miou"] = iou_report(truth_confusion, evalset.class_names).miou
-        result["miou_pytorch_fp32"] = iou_report(reference_confusion, evalset.class_names).miou
+        result["miou"] = figures.miou
+        result["miou_pytorch_fp32"] = figures.miou_reference
     return result
 
 
@@ -293,7 +254,7 @@ def _int8(
         calibration = precision.Calibration.load(request.calib_cache, graph_sha)
         say(f"using calibration cache {request.calib_cache} ({len(calibration.ranges)} tensors)")
     else:
-        size = _image_size(manifest)
+        size = data_size(manifest)
         say(f"calibrating ({request.method}) on {request.calib_size} images from {request.calib}")
         batches = calibration_batches(request.calib, request.calib_size, size, manifest, say)
         calibration = precision.calibrate(
