@@ -29,9 +29,10 @@ from segexport.artifacts import (
     vouched_path,
     write_json_atomic,
 )
-from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
+from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, resize
 from segexport.errors import SegexportError
-from segexport.export import ExportRequest, export_onnx
+from segexport.export import artifact_directory
+from segexport.localize import run_exposed
 from segexport.runtime import OnnxRuntimeRunner, preprocess
 from segexport.verify import OutputStats, Tolerance, TorchRunner, data_size, reference_model
 from segexport.zoo import get_spec
@@ -79,7 +80,7 @@ def calibration_batches(
         images = [image for image, _ in SyntheticScenes("calibration", count, size)]
     else:
         folder = ImageFolder.from_dir(Path(source))
-        images = [_resize(folder[i], size) for i in range(min(count, len(folder)))]
+        images = [resize(folder[i], size) for i in range(min(count, len(folder)))]
     if len(images) < RECOMMENDED_CALIBRATION_IMAGES:
         warnings.warn(
             f"only {len(images)} calibration images; {RECOMMENDED_CALIBRATION_IMAGES}+ are recommended",
@@ -89,14 +90,6 @@ def calibration_batches(
             f"warning: only {len(images)} calibration images ({RECOMMENDED_CALIBRATION_IMAGES}+ recommended)"
         )
     return [{"image": preprocess(image, prep["mean"], prep["std"], prep["scale"])} for image in images]
-
-
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == size:
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) -> EvalSet:
@@ -150,17 +143,11 @@ def sensitivity_ranking(
     compute = [n for n in fp32.graph.node if n.op_type in precision.QUANTIZED_OPS]
     names = {n.output[0]: n.name for n in compute}
     errors: dict[str, float] = {}
-    outputs = {}
-    for tag, model in (("fp32", fp32), ("int8", int8)):
-        probe = onnx.ModelProto.FromString(model.SerializeToString())
-        existing = {o.name for o in probe.graph.output}
-        for tensor in names:
-            if tensor not in existing:
-                probe.graph.output.append(onnx.ValueInfoProto(name=tensor))
-        path = workdir / f"probe_{tag}.onnx"
-        onnx.save(probe, str(path))
-        runner = OnnxRuntimeRunner(path)
-        outputs[tag] = [runner.infer({"image": x}) for x in inputs[:4]]
+    feeds = [{"image": x} for x in inputs[:4]]
+    outputs = {
+        tag: run_exposed(model, names, feeds, workdir / f"probe_{tag}.onnx")
+        for tag, model in (("fp32", fp32), ("int8", int8))
+    }
     for tensor in names:
         num = sum(
             float(np.square(b[tensor] - a[tensor]).sum())
@@ -196,16 +183,7 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     say = progress or (lambda _message: None)
     if not (request.fp16 or request.int8):
         raise SegexportError("nothing to do: pass --fp16, --int8 or both")
-    directory = request.artifacts
-    if directory is None:
-        if request.model is None:
-            raise SegexportError("pass --model NAME or --artifacts DIR")
-        directory = Path("artifacts") / get_spec(request.model).name
-    if not (directory / "manifest.json").is_file():
-        if request.model is None:
-            raise SegexportError(f"{directory} holds no exported model; pass --model to export it first")
-        say(f"no FP32 artifact in {directory}: exporting {request.model} first")
-        export_onnx(ExportRequest(request.model, weights=request.weights, out_dir=directory), progress=say)
+    directory = artifact_directory(request.artifacts, request.model, request.weights, say)
     manifest = read_manifest(directory)
     fp32_path = vouched_path(directory, "model.onnx", manifest)
     if get_spec(manifest["model"]["name"]).input_kind != "image":

@@ -6,6 +6,7 @@ verification stage compares runners; robotics and video pipelines use them direc
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,3 +90,24 @@ def open_artifact(
     manifest = read_manifest(directory)
     path = vouched_path(directory, file_name, manifest)
     return OnnxRuntimeRunner(path, threads=threads), manifest
+
+
+def open_runner(
+    directory: Path, file_name: str, manifest: dict[str, Any], threads: int | None = None
+) -> Runner:
+    """A Runner for any model file an artifact holds, after the manifest vouches for it.
+
+    `.onnx` runs in ONNX Runtime; `.engine` in TensorRT through `segexport.engine`, which
+    only machines with TensorRT need (imported here, never at module load).
+    """
+    suffix = Path(file_name).suffix
+    if suffix == ".onnx":
+        return OnnxRuntimeRunner(vouched_path(directory, file_name, manifest), threads=threads)
+    if suffix == ".engine":
+        try:
+            engine: Any = importlib.import_module("segexport.engine")
+        except ImportError as error:
+            raise SegexportError("TensorRT engines need segexport.engine") from error
+        runner: Runner = engine.open_engine_runner(directory, file_name, manifest)
+        return runner
+    raise SegexportError(f"{directory / file_name}: no runner for {suffix or 'files without a suffix'}")
