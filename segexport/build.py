@@ -20,13 +20,14 @@ from segexport.engine import (
     GpuIdentity,
     TensorRTRunner,
     current_gpu,
+    profile_problem,
     require_tensorrt,
     tensorrt_unavailable_reason,
 )
 from segexport.errors import SegexportError, UnavailableError, VerificationError
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.shapes import InputShape
-from segexport.verify import Tolerance, VerificationReport, verify_runners
+from segexport.verify import DEFAULT_TOLERANCES, Tolerance, VerificationReport, data_size, verify_runners
 from segexport.weights import DEMO_DIR
 from segexport.zoo import get_spec
 
@@ -35,6 +36,7 @@ Progress = Callable[[str], None]
 PRECISIONS = ("fp32", "fp16", "int8")
 SOURCE_ONNX = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 HARDWARE_COMPAT = ("same", "ampere+")
+EVAL_IMAGES = 16
 # Engine vs its own source ONNX on ONNX Runtime (same graph, same precision, seeded random
 # inputs): what is left is TensorRT's kernels and fusions. FP32 allows for TF32, which
 # TensorRT enables by default; INT8 for requantisation rounding in fused kernels. Argmax
@@ -270,12 +272,11 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     plan = build_engine(directory / source, profile, options, say)
     record = engine_build_record(options, profile, trt.__version__, gpu, source)
     record["build_seconds"] = round(time.perf_counter() - started, 2)
-    say("checking the engine against ONNX Runtime on its source ONNX")
     report = check_engine(plan, record, directory / source, manifest, profile, request.threads, say)
     record["verification"] = report.to_dict()
     if not report.passed:
         raise VerificationError(
-            f"{engine_file(options.precision)} differs from {source}; no engine written. "
+            f"{engine_file(options.precision)} fails its parity check; no engine written. "
             + " | ".join(report.failures()[:3])
         )
     target = directory / engine_file(options.precision)
@@ -317,6 +318,42 @@ def profile_check_shapes(profile: Profile) -> list[InputShape]:
     return list(dict.fromkeys(shapes))
 
 
+@dataclass
+class EngineCheck:
+    """The engine against its source ONNX (random inputs over the profile) and, when the
+    weights are trained and the data fits the profile, against PyTorch FP32 on real images."""
+
+    vs_onnx: VerificationReport
+    vs_pytorch: dict[str, Any] | None
+    min_agreement: float | None
+
+    @property
+    def passed(self) -> bool:
+        agreement_ok = (
+            self.vs_pytorch is None
+            or self.min_agreement is None
+            or self.vs_pytorch["agreement"] >= self.min_agreement
+        )
+        return self.vs_onnx.passed and agreement_ok
+
+    def failures(self) -> list[str]:
+        lines = self.vs_onnx.failures()
+        if self.vs_pytorch is not None and not self.passed and not lines:
+            lines.append(
+                f"argmax agreement with PyTorch FP32 {self.vs_pytorch['agreement']:.4%} "
+                f"< {self.min_agreement:.2%}"
+            )
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "vs_onnx": self.vs_onnx.to_dict(),
+            "vs_pytorch": self.vs_pytorch,
+            "min_agreement": self.min_agreement,
+        }
+
+
 def check_engine(
     plan: bytes,
     record: dict[str, Any],
@@ -325,11 +362,14 @@ def check_engine(
     profile: Profile,
     threads: int | None,
     say: Progress,
-) -> VerificationReport:
-    """The engine against its source ONNX on ONNX Runtime, at the profile's shapes."""
+) -> EngineCheck:
+    """Run the freshly built engine against its source ONNX and against PyTorch."""
+    from segexport.quantize import evaluation_set, measure
+
     engine = TensorRTRunner(plan, record, name=f"tensorrt:{engine_file(record['precision'])}")
     try:
-        return verify_runners(
+        say("checking the engine against ONNX Runtime on its source ONNX")
+        vs_onnx = verify_runners(
             get_spec(manifest["model"]["name"]),
             int(manifest["model"]["num_classes"]),
             OnnxRuntimeRunner(source, threads=threads),
@@ -338,8 +378,15 @@ def check_engine(
             ENGINE_TOLERANCE[record["precision"]],
             progress=lambda message: say(f"  {message}"),
         )
+        height, width = data_size(manifest)
+        fits = profile_problem(record, {"image": (1, 3, height, width)}) is None
+        vs_pytorch = None
+        if manifest["model"].get("weights") and fits:
+            say(f"checking the engine against PyTorch FP32 on {EVAL_IMAGES} held-out images")
+            vs_pytorch = measure(engine, evaluation_set(manifest, EVAL_IMAGES, threads), threads)
     finally:
         engine.close()
+    return EngineCheck(vs_onnx, vs_pytorch, DEFAULT_TOLERANCES[record["precision"]].min_agreement)
 
 
 def _progress_monitor(say: Progress) -> Any:

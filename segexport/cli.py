@@ -500,6 +500,96 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
+@main.command()
+@click.option("--artifacts", type=click.Path(path_type=Path), help="Artifact directory [artifacts/MODEL].")
+@click.option("--model", "model_name", help="Zoo name (exports first when artifacts/MODEL is empty).")
+@click.option(
+    "--weights", help="Reference checkpoint if the recorded path moved (sha256 must match), or 'demo'."
+)
+@click.option(
+    "--against",
+    type=click.Choice(["pytorch", "onnx"]),
+    default="pytorch",
+    show_default=True,
+    help="Reference: the PyTorch model, or the FP32 model.onnx through ONNX Runtime.",
+)
+@click.option(
+    "--data", default="synthetic", show_default=True, help="'synthetic', 'random', or a folder of images."
+)
+@click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True, help="Images to check.")
+@click.option("--shapes", callback=_shapes, help="Extra BxHxW random-input shapes, comma-separated.")
+@click.option(
+    "--precision",
+    type=click.Choice(["all", "fp32", "fp16", "int8", "engine"]),
+    default="all",
+    show_default=True,
+)
+@click.option("--atol", type=float, help="Largest max abs error accepted (default: unchecked).")
+@click.option("--rtol", type=float, help="Largest relative L2 error accepted [per precision].")
+@click.option(
+    "--min-agreement", type=float, help="Smallest argmax agreement accepted (default: per precision)."
+)
+@click.option(
+    "--report", type=click.Path(path_type=Path), help="Markdown report [ARTIFACTS/verify_report.md]."
+)
+@click.option("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    artifacts: Path | None,
+    model_name: str | None,
+    weights: str | None,
+    against: str,
+    data: str,
+    limit: int,
+    shapes: list[InputShape] | None,
+    precision: str,
+    atol: float | None,
+    rtol: float | None,
+    min_agreement: float | None,
+    report: Path | None,
+    threads: int | None,
+    as_json: bool,
+) -> None:
+    """Check every artifact against PyTorch on real data; exit 1 if any fails."""
+    from segexport.errors import VerificationError
+    from segexport.report import json_safe
+    from segexport.verify import VerifyRequest, verify_artifacts
+
+    ctx.meta["json"] = as_json
+    request = VerifyRequest(
+        artifacts=artifacts,
+        model=model_name,
+        weights=weights,
+        against=against,
+        data=data,
+        limit=limit,
+        shapes=shapes,
+        precision=precision,
+        atol=atol,
+        rtol=rtol,
+        min_agreement=min_agreement,
+        report=report,
+        threads=threads,
+    )
+    result = verify_artifacts(request, progress=_progress)
+    if as_json:
+        click.echo(json.dumps(json_safe(result.to_dict()), indent=2))
+        ctx.meta["json"] = False  # stdout already holds the report, with "ok": false
+    else:
+        for artifact in result.artifacts:
+            reason = f" ({artifact.reason})" if artifact.reason else ""
+            click.echo(f"  {artifact.file:>18} {artifact.precision:>6}: {artifact.status}{reason}")
+        click.echo(f"wrote {result.files['markdown']} and {result.files['json']}")
+    if not result.passed:
+        failed = [a for a in result.artifacts if a.status == "failed"]
+        raise VerificationError(
+            f"{len(failed)} artifact(s) differ from the reference: "
+            + " | ".join(f"{a.file}: {(a.failures() or ['failed'])[0]}" for a in failed)
+        )
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print tables (medians of interleaved runs)."""

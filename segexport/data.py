@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -243,3 +244,38 @@ class ImageFolder:
 
     def __getitem__(self, index: int) -> np.ndarray:
         return read_rgb(self.images[index])
+
+
+class LabelledImages(Protocol):
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def open_dataset(data: str, split: str, length: int, size: tuple[int, int]) -> LabelledImages:
+    """`synthetic` (the documented split) or a folder holding `images/` and `masks/`."""
+    if data == "synthetic":
+        return SyntheticScenes(split, length, size)
+    root = Path(data)
+    if not root.is_dir():
+        raise SegexportError(f"--data {data!r} is neither 'synthetic' nor a directory")
+    names_file = root / "classes.txt"
+    if not names_file.is_file():
+        raise SegexportError(f"{root}: needs classes.txt (one class name per line) beside images/ and masks/")
+    names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    return FolderDataset.from_dirs(root / "images", root / "masks", names)
+
+
+def resize(array: np.ndarray, size: tuple[int, int], labels: bool = False) -> np.ndarray:
+    """An RGB image (bilinear) or a label map (nearest) at `size` (H, W)."""
+    if array.shape[:2] == size:
+        return array
+    from PIL import Image
+
+    if labels:
+        resized = Image.fromarray(array.astype(np.int32)).resize((size[1], size[0]), Image.Resampling.NEAREST)
+        return np.asarray(resized).astype(np.int64)
+    return np.asarray(Image.fromarray(array).resize((size[1], size[0]), Image.Resampling.BILINEAR))

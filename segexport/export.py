@@ -434,6 +434,50 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
     return manifest
 
 
+def artifact_directory(
+    directory: Path | None, model: str | None, weights: str | None, progress: Progress
+) -> Path:
+    """The artifact directory a later stage works on: `directory`, or artifacts/MODEL, exported
+    first (with `weights`) when it holds no manifest yet."""
+    if directory is None:
+        if model is None:
+            raise SegexportError("pass --model NAME or --artifacts DIR")
+        directory = Path("artifacts") / get_spec(model).name
+    if not (directory / "manifest.json").is_file():
+        if model is None:
+            raise SegexportError(f"{directory} holds no exported model; pass --model to export it first")
+        progress(f"no FP32 artifact in {directory}: exporting {model} first")
+        export_onnx(ExportRequest(model, weights=weights, out_dir=directory), progress=progress)
+    return directory
+
+
+def retrace(manifest: dict[str, Any], model: nn.Module) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Export `model` again exactly as the artifact was: (raw export, the graph as shipped).
+
+    Same exporter, shapes, opset and simplification give the same node and tensor names,
+    so intermediate tensors can be matched; the raw export keeps the exporter's metadata
+    (PyTorch module paths) that onnxsim drops.
+    """
+    info = manifest["model"]
+    batch, height, width = (int(v) for v in manifest["export_shape"].split("x"))
+    axes = manifest["dynamic_axes"]
+    plan = plan_export(
+        ExportRequest(
+            info["name"],
+            num_classes=info["num_classes"],
+            size=(height, width),
+            batch=batch,
+            min_size=(axes["height"][0], axes["width"][0]),
+            max_size=(axes["height"][1], axes["width"][1]),
+            max_batch=axes["batch"][1],
+            opset=manifest["onnx"]["opset"],
+            model_options=info.get("options", {}),
+        )
+    )
+    raw = trace_to_onnx(model, plan, manifest["onnx"]["opset"])
+    return raw, simplify(raw)[0] if manifest["onnx"]["simplified"] else raw
+
+
 def _manifest(
     plan: ExportPlan,
     request: ExportRequest,

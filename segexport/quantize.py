@@ -8,6 +8,7 @@ in float when INT8 misses the agreement target, and records everything in the ma
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 import warnings
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 
 from segexport import precision
 from segexport.artifacts import (
@@ -29,14 +29,13 @@ from segexport.artifacts import (
     vouched_path,
     write_json_atomic,
 )
-from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
+from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, resize
 from segexport.errors import SegexportError
-from segexport.export import ExportRequest, export_onnx
-from segexport.metrics import confusion_matrix, iou_report
-from segexport.runtime import OnnxRuntimeRunner, preprocess
-from segexport.verify import TorchRunner
-from segexport.weights import load_weights
-from segexport.zoo import create_model, get_spec
+from segexport.export import artifact_directory
+from segexport.localize import run_exposed
+from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess
+from segexport.verify import OutputStats, Tolerance, TorchRunner, data_size, reference_model
+from segexport.zoo import get_spec
 
 Progress = Callable[[str], None]
 RECOMMENDED_CALIBRATION_IMAGES = 32
@@ -71,15 +70,6 @@ class EvalSet:
     class_names: tuple[str, ...]
 
 
-def _image_size(manifest: dict[str, Any]) -> tuple[int, int]:
-    trained = manifest["model"].get("trained") or {}
-    if "input_size" in trained:
-        height, width = trained["input_size"]
-        return int(height), int(width)
-    _, height, width = (int(v) for v in manifest["export_shape"].split("x"))
-    return height, width
-
-
 def calibration_batches(
     source: str, count: int, size: tuple[int, int], manifest: dict[str, Any], progress: Progress
 ) -> list[dict[str, np.ndarray]]:
@@ -91,7 +81,7 @@ def calibration_batches(
         images = [image for image, _ in SyntheticScenes("calibration", count, size)]
     else:
         folder = ImageFolder.from_dir(Path(source))
-        images = [_resize(folder[i], size) for i in range(min(count, len(folder)))]
+        images = [resize(folder[i], size) for i in range(min(count, len(folder)))]
     if len(images) < RECOMMENDED_CALIBRATION_IMAGES:
         warnings.warn(
             f"only {len(images)} calibration images; {RECOMMENDED_CALIBRATION_IMAGES}+ are recommended",
@@ -103,36 +93,12 @@ def calibration_batches(
     return [{"image": preprocess(image, prep["mean"], prep["std"], prep["scale"])} for image in images]
 
 
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if image.shape[:2] == size:
-        return image
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
-
-
-def _reference_model(manifest: dict[str, Any]) -> torch.nn.Module:
-    info = manifest["model"]
-    model = create_model(info["name"], num_classes=info["num_classes"], **info.get("options", {}))
-    weights = info.get("weights")
-    if not weights:
-        raise SegexportError(
-            f"{info['name']} was exported with random weights: precision cannot be judged on them; "
-            "export with --weights CKPT (or --weights demo)"
-        )
-    path = Path(weights["path"])
-    if not path.is_file() or sha256_file(path) != weights["sha256"]:
-        raise SegexportError(f"{path}: the checkpoint this artifact was exported from is missing or changed")
-    load_weights(model, path)
-    return model.eval()
-
-
 def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) -> EvalSet:
     """The synthetic eval split when the model was trained on it; random inputs otherwise."""
     spec = get_spec(manifest["model"]["name"])
     class_names = tuple(manifest["model"]["class_names"])
-    size = _image_size(manifest)
-    reference = TorchRunner(_reference_model(manifest), spec.output_names, threads)
+    size = data_size(manifest)
+    reference = TorchRunner(reference_model(manifest), spec.output_names, threads)
     prep = manifest["preprocessing"]
     inputs: list[np.ndarray] = []
     labels: list[np.ndarray] | None = []
@@ -149,36 +115,24 @@ def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) ->
     return EvalSet(inputs, labels, outputs, class_names)
 
 
-def measure(path: Path, evalset: EvalSet, threads: int | None) -> dict[str, Any]:
-    """Agreement, relative L2 and mIoU of one ONNX file against PyTorch FP32."""
-    runner = OnnxRuntimeRunner(path, threads=threads)
+def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[str, Any]:
+    """Agreement, relative L2 and mIoU of an ONNX file (or any runner) against PyTorch FP32."""
+    runner = OnnxRuntimeRunner(path, threads=threads) if isinstance(path, Path) else path
     name = runner.output_names[0]
-    num_classes = len(evalset.class_names)
-    agree = total = 0
-    squared_error = squared_norm = 0.0
-    truth_confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    reference_confusion = np.zeros_like(truth_confusion)
-    nonfinite = 0
+    stats = OutputStats(name, labels=True)
     for index, (x, expected) in enumerate(zip(evalset.inputs, evalset.reference, strict=True)):
-        actual = runner.infer({"image": x})[name]
-        nonfinite += int(np.size(actual) - np.count_nonzero(np.isfinite(actual)))
-        predicted, wanted = actual.argmax(1), expected.argmax(1)
-        agree += int((predicted == wanted).sum())
-        total += predicted.size
-        squared_error += float(np.square(actual.astype(np.float64) - expected).sum())
-        squared_norm += float(np.square(expected.astype(np.float64)).sum())
-        if evalset.labels is not None:
-            truth_confusion += confusion_matrix(evalset.labels[index], predicted, num_classes)
-            reference_confusion += confusion_matrix(evalset.labels[index], wanted, num_classes)
+        truth = None if evalset.labels is None else evalset.labels[index]
+        stats.add(expected, runner.infer({"image": x})[name], truth)
+    figures = stats.result(Tolerance(max_rel_l2=math.inf))
     result: dict[str, Any] = {
-        "agreement": agree / total,
-        "rel_l2": (squared_error / max(squared_norm, 1e-30)) ** 0.5,
-        "nonfinite": nonfinite,
+        "agreement": figures.agreement,
+        "rel_l2": figures.rel_l2,
+        "nonfinite": figures.nonfinite,
         "images": len(evalset.inputs),
     }
     if evalset.labels is not None:
-        result["miou"] = iou_report(truth_confusion, evalset.class_names).miou
-        result["miou_pytorch_fp32"] = iou_report(reference_confusion, evalset.class_names).miou
+        result["miou"] = figures.miou
+        result["miou_pytorch_fp32"] = figures.miou_reference
     return result
 
 
@@ -190,17 +144,11 @@ def sensitivity_ranking(
     compute = [n for n in fp32.graph.node if n.op_type in precision.QUANTIZED_OPS]
     names = {n.output[0]: n.name for n in compute}
     errors: dict[str, float] = {}
-    outputs = {}
-    for tag, model in (("fp32", fp32), ("int8", int8)):
-        probe = onnx.ModelProto.FromString(model.SerializeToString())
-        existing = {o.name for o in probe.graph.output}
-        for tensor in names:
-            if tensor not in existing:
-                probe.graph.output.append(onnx.ValueInfoProto(name=tensor))
-        path = workdir / f"probe_{tag}.onnx"
-        onnx.save(probe, str(path))
-        runner = OnnxRuntimeRunner(path)
-        outputs[tag] = [runner.infer({"image": x}) for x in inputs[:4]]
+    feeds = [{"image": x} for x in inputs[:4]]
+    outputs = {
+        tag: run_exposed(model, names, feeds, workdir / f"probe_{tag}.onnx")
+        for tag, model in (("fp32", fp32), ("int8", int8))
+    }
     for tensor in names:
         num = sum(
             float(np.square(b[tensor] - a[tensor]).sum())
@@ -239,16 +187,7 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     say = progress or (lambda _message: None)
     if not (request.fp16 or request.int8 or request.int8_cpu):
         raise SegexportError("nothing to do: pass --fp16, --int8 or --int8-cpu")
-    directory = request.artifacts
-    if directory is None:
-        if request.model is None:
-            raise SegexportError("pass --model NAME or --artifacts DIR")
-        directory = Path("artifacts") / get_spec(request.model).name
-    if not (directory / "manifest.json").is_file():
-        if request.model is None:
-            raise SegexportError(f"{directory} holds no exported model; pass --model to export it first")
-        say(f"no FP32 artifact in {directory}: exporting {request.model} first")
-        export_onnx(ExportRequest(request.model, weights=request.weights, out_dir=directory), progress=say)
+    directory = artifact_directory(request.artifacts, request.model, request.weights, say)
     manifest = read_manifest(directory)
     fp32_path = vouched_path(directory, "model.onnx", manifest)
     if get_spec(manifest["model"]["name"]).input_kind != "image":
@@ -304,7 +243,7 @@ def _calibration(
         calibration = precision.Calibration.load(request.calib_cache, graph_sha)
         say(f"using calibration cache {request.calib_cache} ({len(calibration.ranges)} tensors)")
     else:
-        size = _image_size(manifest)
+        size = data_size(manifest)
         say(f"calibrating ({request.method}) on {request.calib_size} images from {request.calib}")
         batches = calibration_batches(request.calib, request.calib_size, size, manifest, say)
         calibration = precision.calibrate(

@@ -89,3 +89,21 @@ def open_artifact(
     manifest = read_manifest(directory)
     path = vouched_path(directory, file_name, manifest)
     return OnnxRuntimeRunner(path, threads=threads), manifest
+
+
+def open_runner(
+    directory: Path, file_name: str, manifest: dict[str, Any], threads: int | None = None
+) -> Runner:
+    """A Runner for any model file an artifact holds, after the manifest vouches for it.
+
+    `.onnx` runs in ONNX Runtime; `.engine` in TensorRT through `segexport.engine`, which
+    only machines with TensorRT need (imported here, never at module load).
+    """
+    suffix = Path(file_name).suffix
+    if suffix == ".onnx":
+        return OnnxRuntimeRunner(vouched_path(directory, file_name, manifest), threads=threads)
+    if suffix == ".engine":
+        from segexport.engine import open_engine_runner  # cuda-python/TensorRT: only when asked
+
+        return open_engine_runner(directory, file_name, manifest)
+    raise SegexportError(f"{directory / file_name}: no runner for {suffix or 'files without a suffix'}")

@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from segexport.data import IGNORE_INDEX, FolderDataset, SyntheticScenes
+from segexport.data import IGNORE_INDEX, LabelledImages, SyntheticScenes, open_dataset
 from segexport.errors import SegexportError
 from segexport.losses import parse_loss
 from segexport.metrics import IoUReport, confusion_matrix, iou_report
@@ -30,29 +30,6 @@ from segexport.zoo import create_model, get_spec
 from segexport.zoo.registry import ModelSpec
 
 Progress = Callable[[str], None]
-
-
-class LabelledImages(Protocol):
-    @property
-    def class_names(self) -> tuple[str, ...]: ...
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def open_dataset(data: str, split: str, length: int, size: tuple[int, int]) -> LabelledImages:
-    """`synthetic` (the documented split) or a folder holding `images/` and `masks/`."""
-    if data == "synthetic":
-        return SyntheticScenes(split, length, size)
-    root = Path(data)
-    if not root.is_dir():
-        raise SegexportError(f"--data {data!r} is neither 'synthetic' nor a directory")
-    names_file = root / "classes.txt"
-    if not names_file.is_file():
-        raise SegexportError(f"{root}: needs classes.txt (one class name per line) beside images/ and masks/")
-    names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-    return FolderDataset.from_dirs(root / "images", root / "masks", names)
 
 
 def _crop_or_pad(

@@ -28,3 +28,14 @@ def small_artifact(tmp_path_factory: pytest.TempPathFactory, small_weights: Path
     out = tmp_path_factory.mktemp("artifacts") / SMALL
     export_onnx(ExportRequest(SMALL, size=(64, 64), weights=small_weights, out_dir=out))
     return out
+
+
+@pytest.fixture(scope="session")
+def segformer_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo SegFormer-B0 checkpoint as FP32, FP16 and INT8 ONNX at its 128x128 training size."""
+    from segexport.quantize import QuantizeRequest, quantize_artifact
+
+    out = tmp_path_factory.mktemp("demo") / "segformer-b0"
+    export_onnx(ExportRequest("segformer-b0", weights="demo", size=(128, 128), out_dir=out))
+    quantize_artifact(QuantizeRequest(artifacts=out, calib_size=32))
+    return out

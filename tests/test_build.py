@@ -135,6 +135,19 @@ def test_runtime_refuses_shapes_outside_the_profile() -> None:
     assert "has no input 'x'" in str(profile_problem(record, {"x": (1, 3, 64, 64)}))
 
 
+def test_engine_check_gates_on_onnx_parity_and_pytorch_agreement() -> None:
+    from segexport.build import EngineCheck
+    from segexport.verify import Tolerance, VerificationReport
+
+    parity = VerificationReport("onnxruntime", "tensorrt", Tolerance(), [])
+    assert EngineCheck(parity, {"agreement": 0.995}, 0.99).passed
+    assert EngineCheck(parity, None, 0.99).passed  # random weights: agreement is not judged
+    low = EngineCheck(parity, {"agreement": 0.95}, 0.99)
+    assert not low.passed
+    assert "agreement with PyTorch FP32 95.0000% < 99.00%" in low.failures()[0]
+    assert low.to_dict()["vs_pytorch"] == {"agreement": 0.95}
+
+
 # --------------------------------------------------------------------------- engine refusal
 
 

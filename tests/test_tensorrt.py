@@ -18,6 +18,7 @@ from segexport.engine import open_engine_runner, tensorrt_unavailable_reason
 from segexport.errors import SegexportError
 from segexport.export import ExportRequest, export_onnx
 from segexport.runtime import OnnxRuntimeRunner
+from segexport.verify import DEFAULT_TOLERANCES
 
 
 def _missing() -> str | None:
@@ -64,6 +65,8 @@ def test_engine_builds_runs_and_matches_onnx_runtime(
     name = engine_file(precision)
     record = manifest["engines"][name]
     assert record["verification"]["passed"] is True
+    vs_pytorch = record["verification"]["vs_pytorch"]  # demo weights, 128x128 data inside the profile
+    assert vs_pytorch["agreement"] >= DEFAULT_TOLERANCES[precision].min_agreement
     assert record["profile"]["image"]["max"] == [2, 3, 192, 256]
     assert cache.stat().st_size > 0
     runner = open_engine_runner(small_demo, name, manifest)

@@ -14,7 +14,17 @@ from torch import nn
 
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.shapes import InputShape
-from segexport.verify import Tolerance, TorchRunner, compare_arrays, label_agreement, verify_runners
+from segexport.verify import (
+    DEFAULT_TOLERANCES,
+    OutputStats,
+    Tolerance,
+    TorchRunner,
+    artifact_precision,
+    compare_arrays,
+    default_tolerance,
+    label_agreement,
+    verify_runners,
+)
 from segexport.zoo.registry import ModelSpec
 
 
@@ -129,3 +139,74 @@ def test_single_channel_agreement_uses_sign() -> None:
     reference = np.array([[[[1.0, -1.0]]]])
     candidate = np.array([[[[0.5, 0.5]]]])
     assert label_agreement(reference, candidate) == 0.5
+
+
+def test_accumulated_figures_are_those_of_the_whole_data_set() -> None:
+    """Two batches give the figures of their concatenation, not the mean of per-batch ratios."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    noise = np.array([0.01, 0.01, 0.5, 0.5]).reshape(4, 1, 1, 1)
+    candidate = (reference + rng.normal(size=reference.shape) * noise).astype(np.float32)
+    truth = reference.argmax(1)
+    truth[:, 0, 0] = 255  # ignored
+    stats = OutputStats("logits", labels=True)
+    agreements = [stats.add(reference[i : i + 2], candidate[i : i + 2], truth[i : i + 2]) for i in (0, 2)]
+    result = stats.result(Tolerance(max_rel_l2=1.0))
+    whole = compare_arrays("logits", reference, candidate, Tolerance(max_rel_l2=1.0), labels=True)
+    assert result.shape == [4, 3, 8, 8]
+    diff = (candidate - reference).astype(np.float64)
+    assert result.rel_l2 == pytest.approx(np.linalg.norm(diff) / np.linalg.norm(reference), rel=1e-6)
+    assert result.rel_l2 == pytest.approx(whole.rel_l2, rel=1e-9)
+    assert result.max_abs == pytest.approx(np.abs(diff).max(), rel=1e-6)
+    assert result.mean_abs == pytest.approx(np.abs(diff).mean(), rel=1e-6)
+    norms = np.linalg.norm(reference) * np.linalg.norm(candidate)
+    cosine = float(reference.ravel().astype(np.float64) @ candidate.ravel()) / norms
+    assert result.cosine == pytest.approx(cosine, rel=1e-6)
+    matches = reference.argmax(1) == candidate.argmax(1)
+    assert result.agreement == pytest.approx(matches.mean())
+    per_image = np.concatenate([a for a in agreements if a is not None])
+    np.testing.assert_allclose(per_image, matches.reshape(4, -1).mean(1))
+    assert per_image[:2].min() > per_image[2:].max()  # the noisy half agrees less
+    assert result.miou_reference == pytest.approx(1.0)  # truth is the reference's argmax
+    assert result.miou is not None and result.miou < 1.0
+    assert result.miou_vs_reference is not None and result.miou_vs_reference < 1.0
+    assert result.passed and result.reasons == []
+
+
+def test_reference_nan_and_tolerance_bounds_are_reasons() -> None:
+    reference = np.ones((1, 2, 2, 2), dtype=np.float32)
+    reference[0, 0, 0, 0] = np.inf
+    candidate = np.ones_like(reference)
+    candidate[0, 1, 1, 1] = 3.0
+    result = compare_arrays("logits", reference, candidate, Tolerance(1e-4, 0.99, max_abs=1.0), labels=True)
+    assert result.nonfinite == 0 and result.reference_nonfinite == 1
+    assert not result.passed
+    assert [r.split(" ")[0] for r in result.reasons] == ["the", "rel", "max", "argmax"]
+    nan_only = compare_arrays("x", np.ones(3), np.full(3, np.nan), Tolerance(), labels=False)
+    assert nan_only.nan == 3 and math.isnan(nan_only.rel_l2) and not nan_only.passed
+
+
+def test_quarter_resolution_outputs_are_scored_against_subsampled_labels() -> None:
+    reference = np.zeros((1, 2, 2, 2), dtype=np.float32)
+    reference[0, 1, 0, 0] = 1.0
+    truth = np.zeros((1, 8, 8), dtype=np.int64)
+    truth[0, :4, :4] = 1
+    stats = OutputStats("logits", labels=True)
+    stats.add(reference, reference.copy(), truth)
+    assert stats.result(Tolerance()).miou == pytest.approx(1.0)
+
+
+def test_default_tolerances_by_file_name() -> None:
+    assert default_tolerance("model.onnx") == DEFAULT_TOLERANCES["fp32"]
+    assert default_tolerance("model.int8.onnx") == DEFAULT_TOLERANCES["int8"]
+    assert default_tolerance("model.int8.engine") == DEFAULT_TOLERANCES["int8"]
+    assert default_tolerance("model.engine") == DEFAULT_TOLERANCES["fp16"]
+    assert artifact_precision("model.int8-cpu.onnx") == "int8"  # the CPU variant is judged as INT8
+    assert [artifact_precision(n) for n in ("model.onnx", "model.fp16.onnx", "x.engine", "calib.json")] == [
+        "fp32",
+        "fp16",
+        "engine",
+        None,
+    ]
+    loose = DEFAULT_TOLERANCES["fp32"].override(max_rel_l2=1e-2, max_abs=0.5)
+    assert loose == Tolerance(max_rel_l2=1e-2, min_agreement=0.999, max_abs=0.5)
