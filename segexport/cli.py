@@ -654,10 +654,10 @@ def bench_export_command(ctx: click.Context, **options: Any) -> None:
 
 
 @bench.command("precision")
-@_bench_options("segformer-b0,unet-small,deeplabv3plus-mobilenetv2")
+@_bench_options("segformer-b0,unet,unet-small,deeplabv3plus-mobilenetv2")
 @click.pass_context
 def bench_precision_command(ctx: click.Context, **options: Any) -> None:
-    """FP32 vs FP16 vs INT8 ONNX Runtime CPU latency and accuracy on the demo checkpoints."""
+    """FP32/FP16/INT8/INT8-CPU ONNX Runtime CPU latency; accuracy where a demo checkpoint exists."""
     _run_bench(ctx, "precision", **options)
 
 
