@@ -204,37 +204,23 @@ def _default_weights(model: str) -> str | None:
 
 def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, Any], str]:
     """The artifact directory, its manifest and the verified ONNX to build from, making them if missing."""
-    from segexport.export import ExportRequest, export_onnx
+    from segexport.export import artifact_directory
     from segexport.quantize import QuantizeRequest, quantize_artifact
 
     options = request.options
-    directory = request.artifacts
-    if directory is None:
-        if request.model is None:
-            raise SegexportError("pass --model NAME or --artifacts DIR")
-        directory = Path("artifacts") / get_spec(request.model).name
-    source = "model.onnx" if options.legacy_fp16_flag else SOURCE_ONNX[options.precision]
-    target = directory / engine_file(options.precision)
-    if target.exists() and not request.force:
-        raise SegexportError(f"{target} already exists; pass --force to replace it")
-    has_manifest = (directory / "manifest.json").is_file()
-    if not has_manifest and request.model is None:
-        raise SegexportError(f"{directory} holds no exported model; pass --model to export it first")
     weights = request.weights
     if weights is None and request.model is not None:
         weights = _default_weights(request.model)
-    if source == "model.onnx":
-        if not has_manifest:
-            assert request.model is not None
-            say(f"no ONNX in {directory}: exporting {request.model} first")
-            export_onnx(ExportRequest(request.model, weights=weights, out_dir=directory), progress=say)
-    elif not has_manifest or source not in read_manifest(directory)["files"]:
+    directory = artifact_directory(request.artifacts, request.model, weights, say)
+    target = directory / engine_file(options.precision)
+    if target.exists() and not request.force:
+        raise SegexportError(f"{target} already exists; pass --force to replace it")
+    source = "model.onnx" if options.legacy_fp16_flag else SOURCE_ONNX[options.precision]
+    if source not in read_manifest(directory)["files"]:
         say(f"no {source} in {directory}: running the {options.precision.upper()} stage first")
         quantize_artifact(
             QuantizeRequest(
                 artifacts=directory,
-                model=request.model,
-                weights=weights,
                 fp16=options.precision == "fp16",
                 int8=options.precision == "int8",
                 threads=request.threads,
