@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from segexport.artifacts import vouched_path
-from segexport.errors import SegexportError, UnavailableError
+from segexport.errors import SegexportError, UnavailableError, first_line
 
 # Compute capability of the oldest architecture that `--hardware-compat ampere+` engines run on.
 AMPERE = (8, 0)
@@ -35,8 +35,7 @@ def tensorrt_unavailable_reason() -> str | None:
     try:
         importlib.import_module("tensorrt")
     except Exception as error:  # a broken install raises ImportError, OSError, ...
-        first = str(error).strip().splitlines()
-        return f"import tensorrt failed: {first[0] if first else type(error).__name__}"
+        return f"import tensorrt failed: {first_line(error)}"
     return None
 
 

@@ -8,6 +8,12 @@ Anything else escaping is a bug in segexport and keeps its traceback.
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """A library's (often multi-line) error message as one line for a user-facing error."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class SegexportError(Exception):
     """A user-facing error: the message alone must say what is wrong and what to do."""
 

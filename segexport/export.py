@@ -35,7 +35,7 @@ from segexport.artifacts import (
     staged_directory,
     write_json_atomic,
 )
-from segexport.errors import SegexportError, VerificationError
+from segexport.errors import SegexportError, VerificationError, first_line
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.shapes import DynamicRange, InputShape
 from segexport.verify import Tolerance, TorchRunner, VerificationReport, verify_runners
@@ -341,10 +341,7 @@ def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     try:
         simplified, ok = onnxsim.simplify(proto, skipped_optimizers=_SKIPPED_SIMPLIFIER_PASSES)
     except Exception as error:  # onnxsim wraps C++ errors in generic exceptions
-        return (
-            proto,
-            f"onnxsim failed: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}",
-        )
+        return proto, f"onnxsim failed: {first_line(error)}"
     if not ok:
         return proto, "onnxsim's own check failed"
     return simplified, None

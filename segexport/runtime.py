@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from segexport.artifacts import read_manifest, vouched_path
-from segexport.errors import SegexportError
+from segexport.errors import SegexportError, first_line
 
 
 class Runner(Protocol):
@@ -65,8 +65,9 @@ class OnnxRuntimeRunner:
                 str(model_path), sess_options=options, providers=list(providers)
             )
         except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise SegexportError(f"{model_path}: ONNX Runtime cannot load it ({first_line})") from error
+            raise SegexportError(
+                f"{model_path}: ONNX Runtime cannot load it ({first_line(error)})"
+            ) from error
         self.name = f"onnxruntime:{Path(model_path).name}"
 
     @property

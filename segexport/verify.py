@@ -25,7 +25,7 @@ from torch import nn
 
 from segexport.artifacts import read_manifest, sha256_file, vouched_path
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, open_dataset, resize
-from segexport.errors import SegexportError
+from segexport.errors import SegexportError, first_line
 from segexport.metrics import confusion_matrix, iou_report
 from segexport.runtime import Runner, open_runner, preprocess
 from segexport.shapes import DynamicRange, InputShape
@@ -411,12 +411,6 @@ def verify_runners(
         ]
         results.append(ShapeResult(str(shape), all(o.passed for o in outputs), outputs))
     return VerificationReport(reference.name, candidate.name, tolerance, results)
-
-
-def first_line(error: BaseException) -> str:
-    """A runtime's (often multi-line) error message as one line."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else repr(error)
 
 
 # --------------------------------------------------------------------------- the verify stage

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from segexport.artifacts import atomic_write
-from segexport.errors import SegexportError
+from segexport.errors import SegexportError, first_line
 
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict")
 _SHOWN = 5
@@ -48,8 +48,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 ) from error
             raise SegexportError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise SegexportError(f"{path}: not a readable PyTorch checkpoint ({reason})") from error
+            raise SegexportError(
+                f"{path}: not a readable PyTorch checkpoint ({first_line(error)})"
+            ) from error
     return _unwrap(data, path)
 
 
