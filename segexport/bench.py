@@ -182,7 +182,7 @@ def bench_precision(
     Models with a demo checkpoint go through `segexport quantize` and report accuracy;
     others are timed on seeded random weights.
     """
-    from segexport.weights import DEMO_DIR
+    from segexport.weights import has_demo_checkpoint
 
     say = progress or (lambda _message: None)
     rows = []
@@ -190,7 +190,7 @@ def bench_precision(
         for name in models:
             spec = get_spec(name)
             out = Path(workdir) / spec.name
-            trained = (DEMO_DIR / spec.name / "demo.safetensors").is_file()
+            trained = has_demo_checkpoint(spec.name)
             say(
                 f"{spec.name}: exporting {'the demo checkpoint' if trained else 'random weights'} "
                 f"at {size[0]}x{size[1]} and converting"

@@ -28,7 +28,7 @@ from segexport.errors import SegexportError, UnavailableError, VerificationError
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.shapes import InputShape
 from segexport.verify import DEFAULT_TOLERANCES, Tolerance, VerificationReport, data_size, verify_runners
-from segexport.weights import DEMO_DIR
+from segexport.weights import has_demo_checkpoint
 from segexport.zoo import get_spec
 
 Progress = Callable[[str], None]
@@ -199,7 +199,7 @@ def engine_file(precision: str) -> str:
 
 def _default_weights(model: str) -> str | None:
     """The shipped demo checkpoint when there is one: FP16/INT8 must be judged on trained weights."""
-    return "demo" if (DEMO_DIR / get_spec(model).name / "demo.safetensors").is_file() else None
+    return "demo" if has_demo_checkpoint(get_spec(model).name) else None
 
 
 def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, Any], str]:

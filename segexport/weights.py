@@ -168,10 +168,19 @@ class Weights:
         return None if self.record is None else list(self.record["class_names"])
 
 
+def demo_checkpoint(model_name: str) -> Path:
+    """Where the shipped demo checkpoint of a (canonical) zoo name lives; it may not exist."""
+    return DEMO_DIR / model_name / "demo.safetensors"
+
+
+def has_demo_checkpoint(model_name: str) -> bool:
+    return demo_checkpoint(model_name).is_file()
+
+
 def resolve_weights(model_name: str, value: str | Path) -> Weights:
     """A checkpoint path, or `demo` for the checkpoint shipped with the model."""
     if str(value) == "demo":
-        path = DEMO_DIR / model_name / "demo.safetensors"
+        path = demo_checkpoint(model_name)
         if not path.is_file():
             shipped = sorted(p.parent.name for p in DEMO_DIR.glob("*/demo.safetensors"))
             raise SegexportError(

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from segexport.cli import main
 from segexport.errors import SegexportError
 from segexport.training import TrainConfig, evaluate_checkpoint, train
-from segexport.weights import DEMO_DIR, checkpoint_record
+from segexport.weights import checkpoint_record, demo_checkpoint
 
 DEMO_MODELS = ["segformer-b0", "unet-small", "deeplabv3plus-mobilenetv2"]
 
@@ -50,7 +50,7 @@ def test_unknown_demo_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("name", DEMO_MODELS)
 def test_shipped_demo_checkpoints_reach_miou(name: str) -> None:
-    path = DEMO_DIR / name / "demo.safetensors"
+    path = demo_checkpoint(name)
     assert path.stat().st_size <= 16 * 1024 * 1024
     record = checkpoint_record(path)
     assert record is not None and record["held_out_miou"] >= 0.80  # the recipe's own held-out figure
@@ -67,7 +67,7 @@ def test_eval_cli_json_prints_miou() -> None:
     report = json.loads(result.stdout)
     assert report["model"] == "segformer-b0" and report["miou"] >= 0.75
     assert set(report["per_class_iou"]) == set(
-        checkpoint_record(DEMO_DIR / "segformer-b0" / "demo.safetensors")["class_names"]
+        checkpoint_record(demo_checkpoint("segformer-b0"))["class_names"]
     )
 
 
