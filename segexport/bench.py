@@ -165,7 +165,7 @@ def _convert_random(
     for scheme_name, scheme in precision.INT8_SCHEMES.items():
         int8 = precision.to_int8(fp32, calibration, scheme=scheme)
         onnx.save(int8, str(out / _precision_file(scheme_name)))
-        pairs[scheme_name] = {"qdq_pairs": sum(1 for n in int8.graph.node if n.op_type == "QuantizeLinear")}
+        pairs[scheme_name] = {"qdq_pairs": precision.qdq_pair_count(int8)}
     return {"fp32": {}, "fp16": {}, **pairs}
 
 

@@ -293,6 +293,11 @@ def to_int8(
     return quantizer.quantize_model()
 
 
+def qdq_pair_count(model: onnx.ModelProto) -> int:
+    """How many tensors the graph quantizes (one QuantizeLinear each)."""
+    return sum(1 for node in model.graph.node if node.op_type == "QuantizeLinear")
+
+
 def qdq_pairs(model: onnx.ModelProto) -> list[dict[str, object]]:
     """Every DequantizeLinear with its scale/zero point facts and the op it feeds."""
     initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}

@@ -302,6 +302,6 @@ def _int8(
         },
         "kept_float": sorted({*precision.output_producers(fp32), *kept}),
         "sensitivity_fallback": kept,
-        "qdq_pairs": sum(1 for n in int8.graph.node if n.op_type == "QuantizeLinear"),
+        "qdq_pairs": precision.qdq_pair_count(int8),
         "seconds": round(time.perf_counter() - started, 2),
     }

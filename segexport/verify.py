@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from torch import nn
 
 from segexport.artifacts import read_manifest, sha256_file, vouched_path
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, open_dataset, resize
+from segexport.engine import tensorrt_unavailable_reason
 from segexport.errors import SegexportError, first_line
 from segexport.metrics import confusion_matrix, iou_report
 from segexport.runtime import Runner, open_runner, preprocess
@@ -639,7 +639,7 @@ def _select(
             continue
         tolerance = default_tolerance(name).override(request.rtol, request.min_agreement, request.atol)
         result = ArtifactResult(name, precision, "pending", tolerance)
-        if precision == "engine" and find_spec("tensorrt") is None:
+        if precision == "engine" and tensorrt_unavailable_reason() is not None:
             result.status, result.reason = "skipped", NO_TENSORRT
         selected.append(result)
     if not selected:
