@@ -83,15 +83,6 @@ class OnnxRuntimeRunner:
         return dict(zip(self.output_names, (np.asarray(o) for o in outputs), strict=True))
 
 
-def open_artifact(
-    directory: Path, file_name: str = "model.onnx", threads: int | None = None
-) -> tuple[OnnxRuntimeRunner, dict[str, Any]]:
-    """Load an artifact's ONNX model after its checksum is vouched for by the manifest."""
-    manifest = read_manifest(directory)
-    path = vouched_path(directory, file_name, manifest)
-    return OnnxRuntimeRunner(path, threads=threads), manifest
-
-
 def open_runner(
     directory: Path, file_name: str, manifest: dict[str, Any], threads: int | None = None
 ) -> Runner:
@@ -108,3 +99,12 @@ def open_runner(
 
         return open_engine_runner(directory, file_name, manifest)
     raise SegexportError(f"{directory / file_name}: no runner for {suffix or 'files without a suffix'}")
+
+
+def open_artifact(
+    directory: Path, file_name: str = "model.onnx", threads: int | None = None
+) -> tuple[Runner, dict[str, Any]]:
+    """A pipeline's entry point: the artifact's manifest and a runner for one of its files
+    (ONNX or engine), loaded only after the manifest vouches for it."""
+    manifest = read_manifest(directory)
+    return open_runner(directory, file_name, manifest, threads), manifest
