@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from segexport.export import ExportRequest, export_onnx
+from segexport.reference import TorchRunner
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.shapes import InputShape
-from segexport.verify import TorchRunner
 from segexport.zoo import create_model, get_spec
 
 Progress = Callable[[str], None]
@@ -150,8 +150,8 @@ def _convert_random(
     import onnx
 
     from segexport import precision
-    from segexport.artifacts import read_manifest, sha256_file
     from segexport.quantize import RECOMMENDED_CALIBRATION_IMAGES, calibration_batches
+    from segexport.runtime.artifacts import read_manifest, sha256_file
 
     torch.manual_seed(0)
     export_onnx(ExportRequest(name, size=size, out_dir=out, threads=threads))

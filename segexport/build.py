@@ -15,8 +15,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, SupportsInt
 
-from segexport.artifacts import atomic_write, describe_files, read_manifest, vouched_path, write_json_atomic
-from segexport.engine import (
+from segexport.compare import DEFAULT_TOLERANCES, Tolerance, VerificationReport
+from segexport.errors import SegexportError, UnavailableError, VerificationError
+from segexport.reference import data_size, verify_runners
+from segexport.runtime import OnnxRuntimeRunner
+from segexport.runtime.artifacts import (
+    atomic_write,
+    describe_files,
+    read_manifest,
+    vouched_path,
+    write_json_atomic,
+)
+from segexport.runtime.engine import (
     GpuIdentity,
     TensorRTRunner,
     current_gpu,
@@ -24,10 +34,7 @@ from segexport.engine import (
     require_tensorrt,
     tensorrt_unavailable_reason,
 )
-from segexport.errors import SegexportError, UnavailableError, VerificationError
-from segexport.runtime import OnnxRuntimeRunner
 from segexport.shapes import InputShape
-from segexport.verify import DEFAULT_TOLERANCES, Tolerance, VerificationReport, data_size, verify_runners
 from segexport.weights import has_demo_checkpoint
 from segexport.zoo import get_spec
 

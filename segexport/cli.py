@@ -161,8 +161,8 @@ def onnx(
     as_json: bool,
 ) -> None:
     """Export a model to ONNX with dynamic axes, simplify it, and verify it against PyTorch."""
+    from segexport.compare import Tolerance
     from segexport.export import ExportRequest, export_onnx
-    from segexport.verify import Tolerance
 
     ctx.meta["json"] = as_json
     request = ExportRequest(

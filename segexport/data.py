@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from segexport.errors import SegexportError
+from segexport.runtime.preprocessing import read_rgb
 
 IGNORE_INDEX = 255
 SYNTHETIC_CLASSES = ("background", "stripes", "checkers", "dots", "noise", "gradient", "rings")
@@ -160,24 +161,6 @@ def _list_images(folder: Path, what: str) -> list[Path]:
     return files
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Any PIL-readable image as RGB uint8 [H, W, 3]: grayscale, RGBA, palette, 16-bit."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16/32-bit grayscale: scale the full range to 8 bits, not clip it.
-                array = np.asarray(image, dtype=np.float64)
-                peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-                gray = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                return np.repeat(gray[..., None], 3, axis=2)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise SegexportError(f"{path}: unreadable image ({error})") from error
-
-
 def read_mask(path: Path) -> np.ndarray:
     """A palette or grayscale PNG of class indices (255 = ignore) as int64 [H, W]."""
     from PIL import Image, UnidentifiedImageError
@@ -267,15 +250,3 @@ def open_dataset(data: str, split: str, length: int, size: tuple[int, int]) -> L
         raise SegexportError(f"{root}: needs classes.txt (one class name per line) beside images/ and masks/")
     names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
     return FolderDataset.from_dirs(root / "images", root / "masks", names)
-
-
-def resize(array: np.ndarray, size: tuple[int, int], labels: bool = False) -> np.ndarray:
-    """An RGB image (bilinear) or a label map (nearest) at `size` (H, W)."""
-    if array.shape[:2] == size:
-        return array
-    from PIL import Image
-
-    if labels:
-        resized = Image.fromarray(array.astype(np.int32)).resize((size[1], size[0]), Image.Resampling.NEAREST)
-        return np.asarray(resized).astype(np.int64)
-    return np.asarray(Image.fromarray(array).resize((size[1], size[0]), Image.Resampling.BILINEAR))

@@ -12,8 +12,8 @@ import platform
 from typing import Any
 
 from segexport import __version__
-from segexport.engine import current_gpu, import_cudart, tensorrt_unavailable_reason
 from segexport.errors import SegexportError
+from segexport.runtime.engine import current_gpu, import_cudart, tensorrt_unavailable_reason
 
 
 def _package_version(name: str) -> str | None:

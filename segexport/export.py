@@ -28,17 +28,18 @@ import torch
 from torch import nn
 
 from segexport import __version__
-from segexport.artifacts import (
+from segexport.compare import Tolerance, VerificationReport
+from segexport.errors import SegexportError, VerificationError, first_line
+from segexport.reference import TorchRunner, verify_runners
+from segexport.runtime import OnnxRuntimeRunner
+from segexport.runtime.artifacts import (
     SCHEMA_VERSION,
     describe_files,
     sha256_file,
     staged_directory,
     write_json_atomic,
 )
-from segexport.errors import SegexportError, VerificationError, first_line
-from segexport.runtime import OnnxRuntimeRunner
 from segexport.shapes import DynamicRange, InputShape
-from segexport.verify import Tolerance, TorchRunner, VerificationReport, verify_runners
 from segexport.weights import Weights, load_weights, resolve_weights
 from segexport.zoo.registry import ModelSpec, create_model, get_spec
 
@@ -192,7 +193,7 @@ class _OutputsAsTuple(nn.Module):
         self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from segexport.verify import flatten_outputs
+        from segexport.reference import flatten_outputs
 
         return flatten_outputs(self.model(*inputs))
 

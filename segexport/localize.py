@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from segexport.compare import OutputComparison, OutputStats, Tolerance
 from segexport.runtime import OnnxRuntimeRunner
-from segexport.verify import OutputComparison, OutputStats, Tolerance
 
 # A node is where the error starts when its output's relative L2 exceeds this many times
 # the largest relative L2 of the activations it reads (and the tolerance).

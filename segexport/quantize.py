@@ -21,7 +21,14 @@ import numpy as np
 import onnx
 
 from segexport import precision
-from segexport.artifacts import (
+from segexport.compare import OutputStats, Tolerance
+from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
+from segexport.errors import SegexportError
+from segexport.export import artifact_directory
+from segexport.localize import run_exposed
+from segexport.reference import TorchRunner, data_size, reference_model
+from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess, resize
+from segexport.runtime.artifacts import (
     atomic_write,
     describe_files,
     read_manifest,
@@ -29,12 +36,6 @@ from segexport.artifacts import (
     vouched_path,
     write_json_atomic,
 )
-from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, resize
-from segexport.errors import SegexportError
-from segexport.export import artifact_directory
-from segexport.localize import run_exposed
-from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess
-from segexport.verify import OutputStats, Tolerance, TorchRunner, data_size, reference_model
 from segexport.zoo import get_spec
 
 Progress = Callable[[str], None]

@@ -1,4 +1,5 @@
-"""The reports of `segexport verify`: Markdown for people, JSON for CI, a PNG per artifact.
+"""The results of `segexport verify` and their reports: Markdown for people, JSON for CI,
+a PNG per artifact.
 
 They say the same things: REPORT.md (a table per artifact, the localisation of failures),
 REPORT.json (the same content, NaN/Inf as null), and REPORT_<file>.png, the artifact's worst
@@ -10,16 +11,103 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segexport.artifacts import atomic_write
+from segexport.compare import OutputComparison, ShapeResult, Tolerance
 from segexport.errors import SegexportError
 from segexport.localize import Localization
-from segexport.verify import ArtifactResult, OutputComparison, ParityReport, WorstImage
+from segexport.runtime.artifacts import atomic_write
+
+
+@dataclass
+class WorstImage:
+    """The image with the lowest argmax agreement, kept to draw and to localise on."""
+
+    index: int
+    agreement: float
+    image: np.ndarray = field(repr=False)  # the preprocessed input [1, 3, H, W]
+    reference: np.ndarray = field(repr=False)  # label maps [H', W']
+    candidate: np.ndarray = field(repr=False)
+    png: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "agreement": self.agreement, "png": self.png}
+
+
+@dataclass
+class ArtifactResult:
+    file: str
+    precision: str
+    status: str  # passed | failed | skipped
+    tolerance: Tolerance | None = None
+    runner: str | None = None
+    reason: str | None = None  # why it was skipped, or the error that stopped it
+    outputs: list[OutputComparison] = field(default_factory=list)  # over the whole data set
+    shapes: list[ShapeResult] = field(default_factory=list)  # --shapes, random inputs
+    worst: WorstImage | None = None
+    localization: Localization | None = None  # when it failed and could be localised
+    seconds: float = 0.0
+
+    def failures(self) -> list[str]:
+        lines = [] if self.reason is None or self.status == "skipped" else [self.reason]
+        lines += [f"output {o.name}: {'; '.join(o.reasons)}" for o in self.outputs if not o.passed]
+        lines += [
+            f"shape {shape.shape}: {shape.error or 'outside the tolerance'}"
+            for shape in self.shapes
+            if not shape.passed
+        ]
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "precision": self.precision,
+            "status": self.status,
+            "reason": self.reason,
+            "runner": self.runner,
+            "tolerance": None if self.tolerance is None else asdict(self.tolerance),
+            "outputs": [asdict(o) for o in self.outputs],
+            "shapes": [asdict(s) for s in self.shapes],
+            "worst_image": None if self.worst is None else self.worst.to_dict(),
+            "localization": None if self.localization is None else self.localization.to_dict(),
+            "failures": self.failures(),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class ParityReport:
+    model: str
+    directory: Path
+    against: str
+    reference: str
+    data: dict[str, Any]
+    artifacts: list[ArtifactResult]
+    preprocessing: dict[str, Any]
+    seconds: float = 0.0
+    files: dict[str, Any] = field(default_factory=dict)  # the reports written
+
+    @property
+    def passed(self) -> bool:
+        return all(a.status != "failed" for a in self.artifacts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.passed,
+            "model": self.model,
+            "artifacts_dir": str(self.directory),
+            "against": self.against,
+            "reference": self.reference,
+            "data": self.data,
+            "seconds": round(self.seconds, 2),
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "reports": self.files,
+        }
 
 
 def write_reports(report: ParityReport, markdown: Path) -> None:

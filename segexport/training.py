@@ -23,8 +23,8 @@ from segexport.data import IGNORE_INDEX, LabelledImages, SyntheticScenes, open_d
 from segexport.errors import SegexportError
 from segexport.losses import parse_loss
 from segexport.metrics import IoUReport, confusion_matrix, iou_report
+from segexport.reference import flatten_outputs
 from segexport.runtime import preprocess
-from segexport.verify import flatten_outputs
 from segexport.weights import load_weights, resolve_weights, save_checkpoint
 from segexport.zoo import create_model, get_spec
 from segexport.zoo.registry import ModelSpec

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from segexport.artifacts import atomic_write
 from segexport.errors import SegexportError, first_line
+from segexport.runtime.artifacts import atomic_write
 
 _NESTING_KEYS = ("state_dict", "model", "model_state_dict")
 _SHOWN = 5

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from segexport import precision
-from segexport.artifacts import sha256_file
+from segexport.runtime.artifacts import sha256_file
 
 
 def weight_axis(op_type: str, node: onnx.NodeProto, ndim: int) -> int:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from segexport.artifacts import read_manifest, staged_directory, vouched_path
 from segexport.errors import SegexportError
 from segexport.runtime import open_artifact
+from segexport.runtime.artifacts import read_manifest, staged_directory, vouched_path
 
 
 def test_open_artifact_runs_vouched_model(small_artifact: Path) -> None:
@@ -37,7 +37,7 @@ def test_unlisted_file_is_refused(tmp_path: Path, small_artifact: Path) -> None:
 
 
 def test_corrupt_onnx_with_matching_checksum_gets_a_clear_error(tmp_path: Path, small_artifact: Path) -> None:
-    from segexport.artifacts import describe_files
+    from segexport.runtime.artifacts import describe_files
 
     copy = tmp_path / "a"
     shutil.copytree(small_artifact, copy)
@@ -78,7 +78,7 @@ def test_written_files_get_the_usual_modes(tmp_path: Path) -> None:
     import os
     import stat
 
-    from segexport.artifacts import write_json_atomic
+    from segexport.runtime.artifacts import write_json_atomic
 
     mask = os.umask(0)
     os.umask(mask)

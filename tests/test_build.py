@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from segexport import doctor, engine
-from segexport.artifacts import describe_files, write_json_atomic
 from segexport.build import (
     BuildOptions,
     check_options,
@@ -21,8 +20,9 @@ from segexport.build import (
     derive_profile,
     profile_check_shapes,
 )
-from segexport.engine import GpuIdentity, compatibility_problem, profile_problem, read_vouched_engine
 from segexport.errors import SegexportError
+from segexport.runtime.artifacts import describe_files, write_json_atomic
+from segexport.runtime.engine import GpuIdentity, compatibility_problem, profile_problem, read_vouched_engine
 from segexport.shapes import InputShape
 from tests.test_cli import assert_one_line_error, run
 
@@ -137,7 +137,7 @@ def test_runtime_refuses_shapes_outside_the_profile() -> None:
 
 def test_engine_check_gates_on_onnx_parity_and_pytorch_agreement() -> None:
     from segexport.build import EngineCheck
-    from segexport.verify import Tolerance, VerificationReport
+    from segexport.compare import Tolerance, VerificationReport
 
     parity = VerificationReport("onnxruntime", "tensorrt", Tolerance(), [])
     assert EngineCheck(parity, {"agreement": 0.995}, 0.99).passed
@@ -254,7 +254,7 @@ def test_engine_without_build_record_is_refused(tmp_path: Path) -> None:
 
 
 def test_engine_runtime_does_not_import_torch() -> None:
-    code = "import sys, segexport.engine, segexport.runtime; assert 'torch' not in sys.modules"
+    code = "import sys, segexport.runtime.engine, segexport.runtime; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -15,9 +15,9 @@ from segexport.data import (
     ImageFolder,
     SyntheticScenes,
     read_mask,
-    read_rgb,
 )
 from segexport.errors import SegexportError
+from segexport.runtime import read_rgb
 
 
 def test_synthetic_is_deterministic_and_splits_differ() -> None:

@@ -7,11 +7,11 @@ import onnx
 import pytest
 import torch
 
+from segexport.compare import Tolerance
 from segexport.errors import SegexportError, VerificationError
 from segexport.export import ExportRequest, export_onnx, plan_export
 from segexport.runtime import open_artifact
 from segexport.shapes import InputShape
-from segexport.verify import Tolerance
 from segexport.zoo import create_model, get_spec, list_models
 from tests.qdq_checks import assert_qdq_well_formed, random_int8
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from segexport.build import ENGINE_TOLERANCE, BuildOptions, BuildRequest, build_artifact, engine_file
+from segexport.compare import DEFAULT_TOLERANCES
 from segexport.doctor import cuda_report
-from segexport.engine import open_engine_runner, tensorrt_unavailable_reason
 from segexport.errors import SegexportError
 from segexport.export import ExportRequest, export_onnx
 from segexport.runtime import OnnxRuntimeRunner
-from segexport.verify import DEFAULT_TOLERANCES
+from segexport.runtime.engine import open_engine_runner, tensorrt_unavailable_reason
 
 
 def _missing() -> str | None:

@@ -12,19 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-from segexport.runtime import OnnxRuntimeRunner
-from segexport.shapes import InputShape
-from segexport.verify import (
+from segexport.compare import (
     DEFAULT_TOLERANCES,
     OutputStats,
     Tolerance,
-    TorchRunner,
     artifact_precision,
     compare_arrays,
     default_tolerance,
     label_agreement,
-    verify_runners,
 )
+from segexport.reference import TorchRunner, verify_runners
+from segexport.runtime import OnnxRuntimeRunner
+from segexport.shapes import InputShape
 from segexport.zoo.registry import ModelSpec
 
 

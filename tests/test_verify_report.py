@@ -15,10 +15,11 @@ import onnx
 import pytest
 from PIL import Image
 
-from segexport.artifacts import describe_files
+from segexport.compare import DEFAULT_TOLERANCES
 from segexport.errors import SegexportError
 from segexport.runtime import OnnxRuntimeRunner, open_runner
-from segexport.verify import DEFAULT_TOLERANCES, NO_TENSORRT, VerifyRequest, verify_artifacts
+from segexport.runtime.artifacts import describe_files
+from segexport.verify import NO_TENSORRT, VerifyRequest, verify_artifacts
 from tests.test_cli import assert_one_line_error, run
 
 
@@ -279,7 +280,7 @@ def test_open_runner_dispatches_on_suffix(small_artifact: Path) -> None:
     assert isinstance(open_runner(small_artifact, "model.onnx", manifest), OnnxRuntimeRunner)
     with pytest.raises(SegexportError, match=r"no runner for \.txt"):
         open_runner(small_artifact, "notes.txt", manifest)
-    # Engines go through segexport.engine, which checks the manifest before TensorRT sees a byte.
+    # Engines go through segexport.runtime.engine, which checks the manifest before TensorRT sees a byte.
     with pytest.raises(SegexportError, match=r"not listed in manifest\.json|TensorRT is not available"):
         open_runner(small_artifact, "model.engine", manifest)
 

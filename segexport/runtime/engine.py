@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from segexport.artifacts import vouched_path
 from segexport.errors import SegexportError, UnavailableError, first_line
+from segexport.runtime.artifacts import vouched_path
 
 # Compute capability of the oldest architecture that `--hardware-compat ampere+` engines run on.
 AMPERE = (8, 0)

@@ -1,0 +1,62 @@
+"""Pre-processing: the one path from image files and arrays to the tensors a model takes.
+
+Training, calibration, evaluation, verification and deployment all call these functions,
+so every stage feeds the tensors the others saw (PIL's bilinear and OpenCV's differ by
+tens of grey levels on a downscale: one implementation, not two that nearly agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segexport.errors import SegexportError
+
+
+def preprocess(
+    images: np.ndarray, mean: Sequence[float], std: Sequence[float], scale: float = 1 / 255
+) -> np.ndarray:
+    """RGB uint8 [H, W, 3] or [N, H, W, 3] -> normalised float32 [N, 3, H, W].
+
+    The one preprocessing used by training, calibration, evaluation and deployment, so
+    that every stage sees the tensors the others saw.
+    """
+    batch = images[None] if images.ndim == 3 else images
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise SegexportError(f"expected RGB images [N, H, W, 3], got shape {tuple(images.shape)}")
+    mean_array = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std_array = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    chw = batch.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(scale)
+    return np.ascontiguousarray((chw - mean_array) / std_array)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Any PIL-readable image as RGB uint8 [H, W, 3]: grayscale, RGBA, palette, 16-bit."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16/32-bit grayscale: scale the full range to 8 bits, not clip it.
+                array = np.asarray(image, dtype=np.float64)
+                peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+                gray = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise SegexportError(f"{path}: unreadable image ({error})") from error
+
+
+def resize(array: np.ndarray, size: tuple[int, int], labels: bool = False) -> np.ndarray:
+    """An RGB image (bilinear) or a label map (nearest) at `size` (H, W)."""
+    if array.shape[:2] == size:
+        return array
+    from PIL import Image
+
+    if labels:
+        resized = Image.fromarray(array.astype(np.int32)).resize((size[1], size[0]), Image.Resampling.NEAREST)
+        return np.asarray(resized).astype(np.int64)
+    return np.asarray(Image.fromarray(array).resize((size[1], size[0]), Image.Resampling.BILINEAR))

@@ -1,0 +1,103 @@
+"""The package's shape: no import cycles, and a runtime that never reaches the toolchain.
+
+Both are read from the source (every import statement, including those inside functions),
+so a lazy import cannot hide a cycle or a torch dependency from the runtime.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "segexport"
+# What the runtime may import from segexport besides itself: the shared bottom layer.
+RUNTIME_MAY_USE = {"segexport", "segexport.errors", "segexport.shapes"}
+TOOLCHAIN_PACKAGES = {"torch", "onnx", "onnxsim", "onnxscript", "safetensors", "tqdm", "torchvision"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path) for path in PACKAGE.rglob("*.py")}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module an `import` or `from ... import` in the file names, at any depth
+    (`from segexport import verify` names segexport.verify)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names} & MODULES
+            found |= submodules or {node.module}
+    return found
+
+
+def package_graph() -> dict[str, set[str]]:
+    """segexport module -> the segexport modules it imports (a package counts as its __init__)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        targets = imports_of(path) & MODULES
+        # `from segexport.runtime import x` inside segexport.runtime.y is the package itself.
+        graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target, [*path, target])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    cycle = find_cycle(package_graph())
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
+
+
+def test_runtime_imports_nothing_from_the_toolchain() -> None:
+    runtime_files = sorted((PACKAGE / "runtime").rglob("*.py"))
+    assert len(runtime_files) >= 4
+    problems = []
+    for path in runtime_files:
+        for target in imports_of(path):
+            top = target.split(".")[0]
+            inside = target == "segexport.runtime" or target.startswith("segexport.runtime.")
+            toolchain_module = top == "segexport" and not inside and target not in RUNTIME_MAY_USE
+            if toolchain_module or top in TOOLCHAIN_PACKAGES:
+                problems.append(f"{path.name}: {target}")
+    assert not problems, problems
+
+
+def test_runtime_and_doctor_load_without_torch_or_onnx() -> None:
+    code = (
+        "import sys\n"
+        "import segexport.runtime, segexport.runtime.engine, segexport.doctor, segexport.cli\n"
+        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(TOOLCHAIN_PACKAGES)!r})\n"
+        "print(loaded)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
