@@ -10,12 +10,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from segexport import __version__
 from segexport.errors import SegexportError
+from segexport.extras import missing_extra_error
 from segexport.shapes import InputShape, parse_shape, parse_size
 
 
@@ -24,11 +25,20 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SegexportError as error:
-            message = str(error).replace("\n", " ")
-            if ctx.meta.get("json"):
-                click.echo(json.dumps({"ok": False, "error": message}))
-            click.echo(f"segexport: error: {message}", err=True)
-            ctx.exit(error.exit_code)
+            _fail(ctx, error)
+        except ModuleNotFoundError as error:  # an optional extra that is not installed
+            missing = missing_extra_error(error)
+            if missing is None:
+                raise
+            _fail(ctx, missing)
+
+
+def _fail(ctx: click.Context, error: SegexportError) -> NoReturn:
+    message = str(error).replace("\n", " ")
+    if ctx.meta.get("json"):
+        click.echo(json.dumps({"ok": False, "error": message}))
+    click.echo(f"segexport: error: {message}", err=True)
+    ctx.exit(error.exit_code)
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:

@@ -1,0 +1,33 @@
+"""Which optional extra brings which import, so a missing one is a one-line user error.
+
+The base install is the runtime (numpy, ONNX Runtime, Pillow, click): enough to run an
+artifact on a Jetson. The stages that make artifacts need `segexport[export]`; engines
+need `segexport[trt]`. A command that reaches a missing package says which extra to
+install instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+from segexport.errors import SegexportError
+
+EXTRAS = {
+    "export": ("torch", "onnx", "onnxsim", "onnxscript", "safetensors", "tqdm"),
+    "trt": ("tensorrt", "cuda"),
+}
+
+
+def extra_for(module: str | None) -> str | None:
+    """The extra that provides `module` (a dotted name), or None when no extra does."""
+    top = (module or "").split(".")[0]
+    return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
+
+
+def missing_extra_error(error: ModuleNotFoundError) -> SegexportError | None:
+    """The one-line error for an import that an uninstalled extra would satisfy."""
+    extra = extra_for(error.name)
+    if extra is None:
+        return None
+    return SegexportError(
+        f"this command needs the '{extra}' extra ({error.name} is not installed): "
+        f"pip install 'segexport[{extra}]'"
+    )
