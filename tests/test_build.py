@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from segexport import doctor, engine
+from segexport import doctor
 from segexport.build import (
     BuildOptions,
     check_options,
@@ -21,6 +21,7 @@ from segexport.build import (
     profile_check_shapes,
 )
 from segexport.errors import SegexportError
+from segexport.runtime import engine
 from segexport.runtime.artifacts import describe_files, write_json_atomic
 from segexport.runtime.engine import GpuIdentity, compatibility_problem, profile_problem, read_vouched_engine
 from segexport.shapes import InputShape
