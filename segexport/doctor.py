@@ -13,7 +13,8 @@ from typing import Any
 
 from segexport import __version__
 from segexport.errors import SegexportError
-from segexport.runtime.engine import current_gpu, import_cudart, tensorrt_unavailable_reason
+from segexport.runtime.cuda import import_cudart
+from segexport.runtime.engine import current_gpu, tensorrt_unavailable_reason
 
 
 def _package_version(name: str) -> str | None:

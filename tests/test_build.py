@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from segexport import doctor, engine
+from segexport import doctor
 from segexport.build import (
     BuildOptions,
     check_options,
@@ -21,6 +21,7 @@ from segexport.build import (
     profile_check_shapes,
 )
 from segexport.errors import SegexportError
+from segexport.runtime import engine
 from segexport.runtime.artifacts import describe_files, write_json_atomic
 from segexport.runtime.engine import GpuIdentity, compatibility_problem, profile_problem, read_vouched_engine
 from segexport.shapes import InputShape
@@ -199,15 +200,16 @@ def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch, version: str) -> list[bytes]
         def deserialize_cuda_engine(self, data: bytes) -> None:
             deserialized.append(data)
 
-    class Logger:
-        WARNING = 2
+    class ILogger:
+        class Severity:
+            INTERNAL_ERROR, ERROR, WARNING = 0, 1, 2
 
-        def __init__(self, _level: int) -> None:
+        def __init__(self) -> None:
             pass
 
     fake = types.ModuleType("tensorrt")
     fake.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
-    fake.__dict__.update(__version__=version, Runtime=Runtime, Logger=Logger)
+    fake.__dict__.update(__version__=version, Runtime=Runtime, ILogger=ILogger)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(engine, "current_gpu", lambda device=0: ORIN)
     monkeypatch.setattr(engine, "import_cudart", lambda: types.SimpleNamespace())
