@@ -187,7 +187,7 @@ def test_out_of_memory_names_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (13000, 13000, None),
         (13000, 12090, None),
-        (12060, 13050, "built for CUDA 13.5, but the driver supports CUDA 12.6.*segexport\\[trt-cu12\\]"),
+        (12060, 13050, "built for CUDA 13.5, but the driver supports CUDA 12.6.*segexport\\[cuda12\\]"),
         (0, 13000, "no NVIDIA driver"),
     ],
 )
@@ -286,3 +286,25 @@ def test_tensorrt_surface_matches_the_generated_stubs() -> None:
                     assert any(ours == overload[: len(ours)] for overload in members[attribute]), (
                         f"{stub}: {name}.{attribute}{tuple(ours)} vs {members[attribute]}"
                     )
+
+
+def test_doctor_refuses_bindings_newer_than_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    from segexport import doctor
+
+    install(monkeypatch, driver=12060, runtime=13000)
+    report = doctor.cuda_report()
+    assert report["available"] is False
+    assert report["versions"]["driver"] == "12.6" and report["versions"]["bindings"] == "13.0"
+    assert "driver supports CUDA 12.6" in report["reason"]
+    text = doctor.format_report(doctor.environment_report())
+    assert "driver CUDA 12.6, bindings built for CUDA 13.0" in text
+    assert "[no ] run TensorRT engines" in text
+
+
+def test_doctor_lists_the_emulated_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from segexport import doctor
+
+    install(monkeypatch)
+    report = doctor.cuda_report()
+    assert report["available"] is True
+    assert report["devices"] == [{"name": "Emulated GPU", "compute_capability": "8.7"}]

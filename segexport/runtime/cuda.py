@@ -39,8 +39,8 @@ def import_cudart() -> Any:
         except ImportError:
             continue
     raise UnavailableError(
-        "cuda-python is not installed (pip install 'segexport[trt-cu12]' on CUDA 12 drivers, "
-        "'segexport[trt-cu13]' on CUDA 13)"
+        "cuda-python is not installed (pip install 'segexport[cuda12]' for CUDA 12 drivers and "
+        "JetPack 6, 'segexport[cuda13]' for CUDA 13; 'segexport[trt-cu12|13]' adds TensorRT's wheels)"
     )
 
 
@@ -109,7 +109,7 @@ class Cuda:
             report["problem"] = (
                 f"cuda-python {report['bindings_package']} is built for CUDA {report['bindings']}, but the "
                 f"driver supports CUDA {report['driver']}: install the bindings for CUDA {major} "
-                f"(pip install 'segexport[trt-cu{major}]', i.e. 'cuda-python>={major},<{major + 1}')"
+                f"(pip install 'segexport[cuda{major}]'; 'segexport[trt-cu{major}]' adds TensorRT's wheels)"
             )
         return report
 
