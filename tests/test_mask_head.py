@@ -104,3 +104,27 @@ def test_mask_artifact_is_verified_and_recorded(tmp_path: Path) -> None:
     runner, _ = open_artifact(out)
     image = np.random.default_rng(1).normal(size=(1, 3, 64, 64)).astype(np.float32)
     assert runner.infer({"image": image})["mask"].shape == (1, 64, 64)
+
+
+def test_precision_measurement_compares_a_mask_with_pytorchs_argmax() -> None:
+    from segexport.quantize import EvalSet, measure
+
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(size=(1, 4, 6, 6)).astype(np.float32) for _ in range(3)]
+
+    class MaskRunner:
+        name, output_names = "masks", ["mask"]
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            mask = logits[self.calls].argmax(axis=1).astype(np.uint8)
+            if self.calls == 2:
+                mask[0, 0, :3] = (mask[0, 0, :3] + 1) % 4  # 3 of 108 pixels flipped
+            self.calls += 1
+            return {"mask": mask}
+
+    evalset = EvalSet([np.zeros((1, 3, 6, 6), np.float32)] * 3, None, logits, ("a", "b", "c", "d"))
+    figures = measure(MaskRunner(), evalset, threads=1)  # type: ignore[arg-type]
+    assert figures["agreement"] == pytest.approx(1 - 3 / 108)
