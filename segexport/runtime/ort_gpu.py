@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from segexport.errors import SegexportError, UnavailableError, first_line
+from segexport.errors import SegexportError, UnavailableError
+from segexport.runtime.runners import OnnxRuntimeRunner
 
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
@@ -49,19 +50,13 @@ def gpu_providers() -> list[str]:
     return [p for p in ort.get_available_providers() if p in (TENSORRT, CUDA)]
 
 
-def _session(model_path: Path, providers: list[Any], wanted: str, threads: int | None) -> Any:
+def _open(model_path: Path, providers: list[Any], wanted: str, threads: int | None) -> Any:
+    """An ONNX Runtime session that really runs on `wanted`, or `UnavailableError` saying what it got."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    try:
-        with warnings.catch_warnings():  # "provider not available": the check below says it better
-            warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
-            session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-    except Exception as error:  # ORT's own error types
-        raise SegexportError(f"{model_path}: ONNX Runtime cannot load it ({first_line(error)})") from error
+    with warnings.catch_warnings():  # "provider not available": the check below says it better
+        warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+        session = OnnxRuntimeRunner(model_path, threads=threads, providers=providers).session
     got = session.get_providers()
     if not got or got[0] != wanted:
         available = ", ".join(ort.get_available_providers())
@@ -85,7 +80,7 @@ class OrtCudaRunner:
         threads: int | None = None,
     ) -> None:
         provider = (CUDA, {"device_id": device_id})
-        self.session = _session(Path(model_path), [provider, CPU], CUDA, threads)
+        self.session = _open(Path(model_path), [provider, CPU], CUDA, threads)
         self.name = f"onnxruntime-cuda:{Path(model_path).name}"
         self.providers = list(self.session.get_providers())
         self._device_id = device_id
@@ -193,7 +188,7 @@ def tensorrt_options(
     }
 
 
-class OrtTensorRTRunner:
+class OrtTensorRTRunner(OnnxRuntimeRunner):
     """ONNX Runtime's TensorRT provider (CUDA for what TensorRT does not take), engines cached."""
 
     def __init__(
@@ -210,14 +205,6 @@ class OrtTensorRTRunner:
         self.options = tensorrt_options(manifest, model_path.name, cache_root, gpu, device_id)
         Path(self.options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         providers = [(TENSORRT, self.options), (CUDA, {"device_id": device_id}), CPU]
-        self.session = _session(model_path, providers, TENSORRT, threads)
+        self.session = _open(model_path, providers, TENSORRT, threads)
         self.providers = list(self.session.get_providers())
         self.name = f"onnxruntime-tensorrt:{model_path.name}"
-
-    @property
-    def output_names(self) -> list[str]:
-        return [o.name for o in self.session.get_outputs()]
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(None, feeds)
-        return dict(zip(self.output_names, (np.asarray(v) for v in values), strict=True))
