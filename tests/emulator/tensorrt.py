@@ -367,6 +367,195 @@ class RealCudaExecutor:
         return True
 
 
+# -- the builder: `segexport trt`'s calls; a "build" checks the ONNX and records the profile ----------
+
+
+class NetworkDefinitionCreationFlag(enum.IntEnum):
+    STRONGLY_TYPED = 1
+
+
+class BuilderFlag(enum.IntEnum):
+    GPU_FALLBACK = 4
+    VERSION_COMPATIBLE = 16
+
+
+class MemoryPoolType(enum.IntEnum):
+    WORKSPACE = 0
+
+
+class DeviceType(enum.IntEnum):
+    GPU = 0
+    DLA = 1
+
+
+class HardwareCompatibilityLevel(enum.IntEnum):
+    NONE = 0
+    AMPERE_PLUS = 1
+
+
+class IHostMemory:
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+
+class ITimingCache:
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+
+    def serialize(self) -> IHostMemory:
+        return IHostMemory(self._data)
+
+
+class IOptimizationProfile:
+    def __init__(self) -> None:
+        self._shapes: dict[str, dict[str, list[int]]] = {}
+
+    def set_shape(self, input: str, min: Sequence[int], opt: Sequence[int], max: Sequence[int]) -> None:
+        self._shapes[input] = {"min": list(min), "opt": list(opt), "max": list(max)}
+
+
+class INetworkDefinition:
+    def __init__(self, flags: int) -> None:
+        self._flags = flags
+        self._model: bytes | None = None
+
+
+class ParserError:
+    def __init__(self, message: str, node: int = -1, name: str = "", operator: str = "") -> None:
+        self._message, self._node, self._name, self._operator = message, node, name, operator
+
+    def desc(self) -> str:
+        return self._message
+
+    def node(self) -> int:
+        return self._node
+
+    def node_name(self) -> str:
+        return self._name
+
+    def node_operator(self) -> str:
+        return self._operator
+
+
+class OnnxParser:
+    def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
+        self._network = network
+        self._errors: list[ParserError] = []
+
+    @property
+    def num_errors(self) -> int:
+        return len(self._errors)
+
+    def get_error(self, index: int) -> ParserError:
+        return self._errors[index]
+
+    def parse_from_file(self, model: str) -> bool:
+        try:
+            proto = onnx.load(model)
+            onnx.checker.check_model(proto, full_check=True)
+        except Exception as error:  # onnx's own error types
+            self._errors.append(ParserError(str(error).splitlines()[0]))
+            return False
+        self._network._model = proto.SerializeToString()
+        return True
+
+
+class IProgressMonitor:
+    def __init__(self) -> None:
+        pass
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        pass
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        return True
+
+    def phase_finish(self, phase_name: str) -> None:
+        pass
+
+
+class IBuilderConfig:
+    builder_optimization_level: int = 3
+    default_device_type: DeviceType = DeviceType.GPU
+    DLA_core: int = -1
+    hardware_compatibility_level: HardwareCompatibilityLevel = HardwareCompatibilityLevel.NONE
+    progress_monitor: IProgressMonitor | None = None
+
+    def __init__(self) -> None:
+        self._profiles: list[IOptimizationProfile] = []
+        self._flags: set[BuilderFlag] = set()
+        self._pools: dict[MemoryPoolType, int] = {}
+        self._timing_cache = ITimingCache(b"")
+
+    def set_memory_pool_limit(self, pool: MemoryPoolType, pool_size: int) -> None:
+        self._pools[pool] = int(pool_size)
+
+    def set_flag(self, flag: BuilderFlag) -> None:
+        self._flags.add(flag)
+
+    def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
+
+    def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache:
+        return ITimingCache(bytes(serialized_timing_cache))
+
+    def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        self._timing_cache = cache
+        return True
+
+    def get_timing_cache(self) -> ITimingCache:
+        return self._timing_cache
+
+
+class Builder:
+    def __init__(self, logger: ILogger) -> None:
+        self._logger = logger
+
+    @property
+    def num_DLA_cores(self) -> int:
+        return 0
+
+    def create_network(self, flags: int = 0) -> INetworkDefinition:
+        return INetworkDefinition(flags)
+
+    def create_builder_config(self) -> IBuilderConfig:
+        return IBuilderConfig()
+
+    def create_optimization_profile(self) -> IOptimizationProfile:
+        return IOptimizationProfile()
+
+    def build_serialized_network(
+        self, network: INetworkDefinition, config: IBuilderConfig
+    ) -> IHostMemory | None:
+        """A plan only when every dynamic input has a profile, as TensorRT requires."""
+        if network._model is None:
+            self._logger.log(ILogger.ERROR, "4: [network.cpp::validate] no layers (nothing parsed)")
+            return None
+        graph = onnx.load_from_string(network._model).graph
+        shapes = config._profiles[0]._shapes if config._profiles else {}
+        missing = [i.name for i in graph.input if i.name not in shapes]
+        if missing:
+            self._logger.log(
+                ILogger.ERROR, f"4: [network.cpp::validate] no optimization profile shapes for {missing}"
+            )
+            return None
+        monitor = config.progress_monitor
+        if monitor is not None:
+            monitor.phase_start("Building engine (emulated)", None, 1)
+            monitor.step_complete("Building engine (emulated)", 0)
+            monitor.phase_finish("Building engine (emulated)")
+        config._timing_cache = ITimingCache(config._timing_cache._data + b"emulated timing entry\n")
+        return IHostMemory(engine_bytes(network._model, shapes))
+
+
 def module_attributes(version: str, executor: Any) -> dict[str, Any]:
     """The fake module's names; its `Runtime` deserializes engines that run on `executor`."""
     bound = type("Runtime", (Runtime,), {"_executor": executor})
@@ -380,4 +569,18 @@ def module_attributes(version: str, executor: Any) -> dict[str, Any]:
         "DataType": DataType,
         "TensorIOMode": TensorIOMode,
         "Dims": Dims,
+        "Builder": Builder,
+        "BuilderFlag": BuilderFlag,
+        "DeviceType": DeviceType,
+        "HardwareCompatibilityLevel": HardwareCompatibilityLevel,
+        "IBuilderConfig": IBuilderConfig,
+        "IHostMemory": IHostMemory,
+        "INetworkDefinition": INetworkDefinition,
+        "IOptimizationProfile": IOptimizationProfile,
+        "IProgressMonitor": IProgressMonitor,
+        "ITimingCache": ITimingCache,
+        "MemoryPoolType": MemoryPoolType,
+        "NetworkDefinitionCreationFlag": NetworkDefinitionCreationFlag,
+        "OnnxParser": OnnxParser,
+        "ParserError": ParserError,
     }
