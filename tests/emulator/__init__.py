@@ -1,7 +1,8 @@
 """An emulator of the GPU stack for tests on the CPU: fake `tensorrt` and `cuda.bindings.runtime`.
 
-It implements exactly the subset that segexport's runtime calls, with the real bindings'
-names, signatures and return conventions (cuda-python returns `(error, value...)` tuples;
+It implements exactly the subset that segexport calls (the builder of `segexport trt`, the
+engine runner, the CUDA helpers), with the real bindings' names, signatures and return
+conventions (cuda-python returns `(error, value...)` tuples;
 `test_cuda_emulator.py` checks both surfaces against the real ones). An "engine" is an ONNX
 file run by ONNX Runtime; "device memory" is host memory behind integer handles; work
 enqueued on a stream runs only when the stream is synchronised. So the emulator catches what
