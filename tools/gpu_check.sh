@@ -24,6 +24,23 @@ if ((${#wheels[@]})); then
     "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$SITE" "${wheels[@]}" 2>&1 | tee "$LOGS/pip.log"
 fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# onnxruntime-gpu loads cuBLAS/cuDNN/cuFFT/cuRAND/cudart by soname: point it at the CUDA
+# libraries that pip's nvidia-* packages (torch's) put in site-packages.
+NVIDIA_LIBS=$("$PYTHON" - <<'PY'
+import os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+found = set()
+for base in nvidia.__path__:
+    for folder, _, files in os.walk(base):
+        if any(".so" in name for name in files):
+            found.add(folder)
+print(":".join(sorted(found)))
+PY
+)
+export LD_LIBRARY_PATH="${NVIDIA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 {
     echo "== $(date -u) on $(hostname)"
