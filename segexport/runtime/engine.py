@@ -431,6 +431,8 @@ class TensorRTRunner:
 
         FP16 outputs become float32 here, in the one copy every output needs anyway.
         """
+        if self._closed:
+            raise SegexportError(f"{self.name}: the runner is closed")
         slot = self._slots[frame.slot]
         if not slot.in_flight:
             raise SegexportError(f"{self.name}: that frame's results were already collected")
