@@ -149,6 +149,20 @@ def zoo(ctx: click.Context, as_json: bool) -> None:
     help="Model option KEY=VALUE (e.g. fc_channels=1024); repeatable.",
 )
 @click.option("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime.")
+@click.option(
+    "--head",
+    type=click.Choice(["logits", "mask", "logits+mask"]),
+    default="logits",
+    show_default=True,
+    help="Graph outputs: class logits, a 'mask' of class ids (ArgMax in the graph), or both.",
+)
+@click.option(
+    "--mask-dtype",
+    type=click.Choice(["uint8", "int32"]),
+    default="uint8",
+    show_default=True,
+    help="Type of the mask's class ids.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context
 def onnx(
@@ -168,6 +182,8 @@ def onnx(
     max_rel_l2: float,
     model_args: dict[str, Any],
     threads: int | None,
+    head: str,
+    mask_dtype: str,
     as_json: bool,
 ) -> None:
     """Export a model to ONNX with dynamic axes, simplify it, and verify it against PyTorch."""
@@ -191,6 +207,8 @@ def onnx(
         verify_shapes=verify_shapes,
         tolerance=Tolerance(max_rel_l2=max_rel_l2),
         threads=threads,
+        head=head,
+        mask_dtype=mask_dtype,
     )
     manifest = export_onnx(request, progress=_progress)
     summary = export_summary(manifest, request.out_dir or Path("artifacts") / manifest["model"]["name"])
@@ -200,6 +218,9 @@ def onnx(
     for shape in summary["verification"]:
         for out in shape["outputs"]:
             agreement = "" if out["agreement"] is None else f", argmax agreement {out['agreement']:.4%}"
+            if out["rel_l2"] is None:  # class ids
+                click.echo(f"  {shape['shape']:>12} {out['name']}: class ids agree {out['agreement']:.4%}")
+                continue
             click.echo(
                 f"  {shape['shape']:>12} {out['name']}: rel L2 {out['rel_l2']:.2e}, "
                 f"max abs {out['max_abs']:.2e}{agreement}"
@@ -685,13 +706,18 @@ def export_summary(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
         "simplified": manifest["onnx"]["simplified"],
         "nodes": manifest["onnx"]["nodes"],
         "seconds": manifest["seconds"],
+        "head": manifest.get("head"),
         "verification": [
             {
                 "shape": shape["shape"],
                 "passed": shape["passed"],
                 "error": shape["error"],
                 "outputs": [
-                    {k: out[k] for k in ("name", "max_abs", "rel_l2", "agreement", "passed")}
+                    # a mask's class ids have no error norms (NaN): null in JSON
+                    {
+                        k: None if out[k] != out[k] else out[k]
+                        for k in ("name", "max_abs", "rel_l2", "agreement", "passed")
+                    }
                     for out in shape["outputs"]
                 ],
             }

@@ -76,6 +76,7 @@ class OutputComparison:
     miou: float | None = None  # candidate against ground truth
     miou_reference: float | None = None  # reference against ground truth
     reasons: list[str] = field(default_factory=list)
+    ids: bool = False  # a mask of class ids: judged by agreement only (error norms mean nothing)
 
 
 @dataclass
@@ -147,6 +148,8 @@ class OutputStats:
         self.nan = self.inf = self.reference_nonfinite = 0
         self.pairs: np.ndarray | None = None  # reference label x candidate label
         self.truth: dict[str, np.ndarray] = {}  # ground truth x candidate / x reference
+        self.ids = False
+        self.equal = 0
 
     def add(
         self, reference: np.ndarray, candidate: np.ndarray, truth: np.ndarray | None = None
@@ -158,6 +161,13 @@ class OutputStats:
             self.shape = list(candidate.shape)
             return None
         self.shape = [(self.shape[0] if self.shape else 0) + candidate.shape[0], *candidate.shape[1:]]
+        if np.issubdtype(reference.dtype, np.integer) and np.issubdtype(candidate.dtype, np.integer):
+            # A mask head's class ids (`segexport onnx --head mask`): the labels themselves.
+            self.ids = True
+            same = reference.astype(np.int64) == candidate.astype(np.int64)
+            self.equal += int(same.sum())
+            self.count += same.size
+            return np.mean(same.reshape(len(same), -1), axis=1)
         ref = reference.astype(np.float32, copy=False)
         cand = candidate.astype(np.float32, copy=False)
         finite_ref, finite_cand = np.isfinite(ref), np.isfinite(cand)
@@ -193,6 +203,14 @@ class OutputStats:
     def result(self, tolerance: Tolerance) -> OutputComparison:
         """The figures so far, judged against `tolerance`."""
         shape = self.shape or []
+        if self.ids and not self.mismatch:
+            share = self.equal / max(self.count, 1)
+            comparison = OutputComparison(
+                self.name, shape, math.nan, math.nan, math.nan, share, 0, True, ids=True
+            )
+            comparison.reasons = judge(comparison, tolerance)
+            comparison.passed = not comparison.reasons
+            return comparison
         if self.mismatch:
             reason = f"shape {shape} differs from the reference's"
             return OutputComparison(
@@ -241,11 +259,14 @@ def judge(result: OutputComparison, tolerance: Tolerance) -> list[str]:
         reasons.append(f"{result.nan} NaN and {result.nonfinite - result.nan} Inf values")
     if result.reference_nonfinite:
         reasons.append(f"the reference itself has {result.reference_nonfinite} non-finite values")
-    if not result.rel_l2 <= tolerance.max_rel_l2:
+    if not result.ids and not result.rel_l2 <= tolerance.max_rel_l2:
         reasons.append(f"rel L2 {result.rel_l2:.3g} > {tolerance.max_rel_l2:g}")
-    if tolerance.max_abs is not None and not result.max_abs <= tolerance.max_abs:
+    if not result.ids and tolerance.max_abs is not None and not result.max_abs <= tolerance.max_abs:
         reasons.append(f"max abs {result.max_abs:.3g} > {tolerance.max_abs:g}")
     agreement = result.agreement
+    if result.ids and tolerance.min_agreement is None:
+        # Class ids have no error norm to bound: without an agreement bound they take FP32's.
+        tolerance = DEFAULT_TOLERANCES["fp32"]
     if (
         tolerance.min_agreement is not None
         and agreement is not None
@@ -286,7 +307,7 @@ def compare_arrays(
     labels: bool,
 ) -> OutputComparison:
     """Error figures of one output; `labels` adds argmax agreement for logits."""
-    stats = OutputStats(name, labels and reference.ndim >= 2)
+    stats = OutputStats(name, labels and reference.ndim >= 2)  # integer outputs: ids, see `add`
     stats.add(reference, candidate)
     return stats.result(tolerance)
 

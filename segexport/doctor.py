@@ -13,7 +13,9 @@ from typing import Any
 
 from segexport import __version__
 from segexport.errors import SegexportError
-from segexport.runtime.engine import current_gpu, import_cudart, tensorrt_unavailable_reason
+from segexport.runtime.cuda import Cuda, import_cudart
+from segexport.runtime.engine import current_gpu, tensorrt_unavailable_reason
+from segexport.runtime.ort_gpu import CUDA, TENSORRT, gpu_providers
 
 
 def _package_version(name: str) -> str | None:
@@ -33,23 +35,36 @@ def tensorrt_report() -> dict[str, Any]:
 
 
 def cuda_report() -> dict[str, Any]:
-    """Driver and devices as cuda-python sees them (the runtime's own view, not torch's)."""
+    """Driver, bindings and devices as cuda-python sees them (the runtime's own view, not torch's).
+
+    Bindings built for a newer CUDA major than the driver's (cuda-python 13 on JetPack 6's
+    CUDA 12) fail at the first call with a bare "insufficient driver": the versions say why.
+    """
     try:
         cudart = import_cudart()
+        versions = Cuda(cudart).versions()
+        if versions["problem"]:
+            return {"available": False, "devices": [], "reason": versions["problem"], "versions": versions}
         error, count = cudart.cudaGetDeviceCount()
         if error != cudart.cudaError_t.cudaSuccess or not count:
             reason = f"no usable CUDA device ({getattr(error, 'name', error)})"
-            return {"available": False, "devices": [], "reason": reason}
+            return {"available": False, "devices": [], "reason": reason, "versions": versions}
         devices = [current_gpu(index).to_dict() for index in range(int(count))]
     except SegexportError as problem:
-        return {"available": False, "devices": [], "reason": str(problem)}
-    return {"available": True, "devices": devices, "reason": None}
+        return {"available": False, "devices": [], "reason": str(problem), "versions": None}
+    return {"available": True, "devices": devices, "reason": None, "versions": versions}
 
 
 def onnxruntime_report() -> dict[str, Any]:
     import onnxruntime
 
-    return {"version": onnxruntime.__version__, "providers": list(onnxruntime.get_available_providers())}
+    gpu = gpu_providers()
+    backends = {"onnxruntime-cuda": CUDA in gpu, "onnxruntime-tensorrt": TENSORRT in gpu}
+    return {
+        "version": onnxruntime.__version__,
+        "providers": list(onnxruntime.get_available_providers()),
+        "gpu_backends": [name for name, offered in backends.items() if offered],
+    }
 
 
 def torch_report() -> dict[str, Any]:
@@ -73,7 +88,7 @@ def environment_report() -> dict[str, Any]:
     cuda = cuda_report()
     ort = onnxruntime_report()
     torch_info = torch_report()
-    gpu_ort = "CUDAExecutionProvider" in ort["providers"] or "TensorrtExecutionProvider" in ort["providers"]
+    gpu_ort = bool(ort["gpu_backends"])
     tensorrt_here = (tensorrt["available"] and cuda["available"], tensorrt["reason"] or cuda["reason"])
     can = {
         "export ONNX (segexport onnx, quantize)": (torch_info["version"] is not None, torch_info["reason"]),
@@ -100,12 +115,20 @@ def environment_report() -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     tensorrt, cuda, torch_info = report["tensorrt"], report["cuda"], report["torch"]
     devices = ", ".join(f"{d['name']} (sm {d['compute_capability']})" for d in cuda["devices"])
+    versions = cuda.get("versions") or {}
+    cuda_versions = (
+        f" (driver CUDA {versions['driver'] or 'none'}, bindings built for CUDA {versions['bindings']})"
+        if versions
+        else ""
+    )
+    ort = report["onnxruntime"]
+    gpu_backends = ", ".join(ort.get("gpu_backends") or []) or "none (CPU-only onnxruntime)"
     lines = [
         f"segexport {report['segexport']} on Python {report['python']}, {report['platform']}",
         f"TensorRT:     {tensorrt['version'] or 'no - ' + str(tensorrt['reason'])}",
         f"CUDA:         {devices or 'no - ' + str(cuda['reason'])}",
-        f"cuda-python:  {report['cuda_python'] or 'not installed'}",
-        f"onnxruntime:  {report['onnxruntime']['version']} ({', '.join(report['onnxruntime']['providers'])})",
+        f"cuda-python:  {report['cuda_python'] or 'not installed'}{cuda_versions}",
+        f"onnxruntime:  {ort['version']} ({', '.join(ort['providers'])}); GPU backends: {gpu_backends}",
         f"onnx:         {report['onnx']}",
         f"torch:        {torch_info['version'] or 'no - ' + str(torch_info['reason'])}"
         + (f" (CUDA: {torch_info['cuda_device']})" if torch_info.get("cuda") else " (CPU only)"),

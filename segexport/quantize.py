@@ -24,7 +24,7 @@ from segexport import precision
 from segexport.compare import OutputStats, Tolerance
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
 from segexport.errors import SegexportError
-from segexport.export import artifact_directory
+from segexport.export import MASK_OUTPUT, artifact_directory
 from segexport.localize import run_exposed
 from segexport.reference import TorchRunner, data_size, reference_model
 from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess, resize
@@ -123,7 +123,10 @@ def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[
     stats = OutputStats(name, labels=True)
     for index, (x, expected) in enumerate(zip(evalset.inputs, evalset.reference, strict=True)):
         truth = None if evalset.labels is None else evalset.labels[index]
-        stats.add(expected, runner.infer({"image": x})[name], truth)
+        actual = runner.infer({"image": x})[name]
+        if name == MASK_OUTPUT:  # `--head mask`: class ids, against PyTorch's argmax
+            expected = expected.argmax(axis=1).astype(actual.dtype)
+        stats.add(expected, actual, truth)
     figures = stats.result(Tolerance(max_rel_l2=math.inf))
     result: dict[str, Any] = {
         "agreement": figures.agreement,

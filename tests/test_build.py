@@ -200,15 +200,16 @@ def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch, version: str) -> list[bytes]
         def deserialize_cuda_engine(self, data: bytes) -> None:
             deserialized.append(data)
 
-    class Logger:
-        WARNING = 2
+    class ILogger:
+        class Severity:
+            INTERNAL_ERROR, ERROR, WARNING = 0, 1, 2
 
-        def __init__(self, _level: int) -> None:
+        def __init__(self) -> None:
             pass
 
     fake = types.ModuleType("tensorrt")
     fake.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
-    fake.__dict__.update(__version__=version, Runtime=Runtime, Logger=Logger)
+    fake.__dict__.update(__version__=version, Runtime=Runtime, ILogger=ILogger)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(engine, "current_gpu", lambda device=0: ORIN)
     monkeypatch.setattr(engine, "import_cudart", lambda: types.SimpleNamespace())

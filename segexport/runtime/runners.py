@@ -34,7 +34,7 @@ class OnnxRuntimeRunner:
         self,
         model_path: Path,
         threads: int | None = None,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",),
     ) -> None:
         import onnxruntime as ort
 

@@ -1,0 +1,59 @@
+"""Small ONNX graphs with dynamic batch/height/width for the runner's tests, and their profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+CLASSES = 5
+PROFILE = {"image": {"min": [1, 3, 8, 8], "opt": [1, 3, 16, 16], "max": [4, 3, 32, 48]}}
+RECORD = {"profile": PROFILE}
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    name: str
+    onnx: bytes
+    outputs: tuple[str, ...]
+
+
+def _model(name: str, nodes: list, outputs: list, weights: list) -> EngineModel:
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    graph = helper.make_graph(nodes, name, [image], outputs, weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    return EngineModel(name, model.SerializeToString(), tuple(o.name for o in outputs))
+
+
+def conv(logits_type: int = TensorProto.FLOAT) -> EngineModel:
+    """A 1x1 convolution to CLASSES logits and their ArgMax as uint8 ids (a 'mask' head)."""
+    weight = np.random.default_rng(7).normal(size=(CLASSES, 3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "weight"], ["scores"]),
+        helper.make_node("ArgMax", ["scores"], ["ids"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["ids"], ["mask"], to=TensorProto.UINT8),
+        helper.make_node("Cast", ["scores"], ["logits"], to=logits_type),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", logits_type, ["N", CLASSES, "H", "W"]),
+        helper.make_tensor_value_info("mask", TensorProto.UINT8, ["N", "H", "W"]),
+    ]
+    name = "conv" if logits_type == TensorProto.FLOAT else "conv-fp16"
+    return _model(name, nodes, outputs, [numpy_helper.from_array(weight, "weight")])
+
+
+def identity() -> EngineModel:
+    """Outputs = inputs: on real CUDA without TensorRT the emulated engine is a device copy."""
+    nodes = [helper.make_node("Identity", ["image"], ["logits"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"])]
+    return _model("identity", nodes, outputs, [])
+
+
+MODELS = {"conv": conv, "conv-fp16": lambda: conv(TensorProto.FLOAT16), "identity": identity}
+
+
+def frame(shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+    return {"image": np.random.default_rng(seed).normal(size=shape).astype(np.float32)}
