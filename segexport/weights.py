@@ -26,6 +26,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     A state_dict nested under `state_dict`/`model` (training checkpoints) is unwrapped,
     and a `module.` prefix (DataParallel/DDP) is stripped.
     """
+    return unwrap_state_dict(read_checkpoint(path), path)
+
+
+def read_checkpoint(path: Path) -> object:
+    """The file's content as stored (a safetensors dict, or what `torch.load` safely unpickles),
+    so importers can read metadata beside the tensors."""
     if not path.is_file():
         raise SegexportError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -51,7 +57,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise SegexportError(
                 f"{path}: not a readable PyTorch checkpoint ({first_line(error)})"
             ) from error
-    return _unwrap(data, path)
+    return data
 
 
 def _unpickler_reason(error: pickle.UnpicklingError) -> str:
@@ -62,7 +68,8 @@ def _unpickler_reason(error: pickle.UnpicklingError) -> str:
     return lines[0].split(". ")[0] if lines else "unpickling failed"
 
 
-def _unwrap(data: object, path: Path) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(data: object, path: Path) -> dict[str, torch.Tensor]:
+    """The name -> tensor mapping inside a checkpoint (see `read_state_dict`)."""
     while isinstance(data, Mapping):
         nested = next((data[k] for k in _NESTING_KEYS if isinstance(data.get(k), Mapping)), None)
         if nested is None:
