@@ -35,7 +35,8 @@ $(INSTALLED): pyproject.toml
 			exit 1; }; \
 	fi
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]"
+	# torch named again: timm (dev extra) pulls torchvision, whose newest release would upgrade torch.
+	$(PIP) install --quiet -e ".[dev]" "$(TORCH_SPEC)"
 	@mkdir -p $(dir $(INSTALLED)) && touch $(INSTALLED)
 
 # The main job on the embedded default: the shipped SegFormer-B0 demo checkpoint, exported

@@ -129,7 +129,8 @@ def zoo(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--weights",
     help="state_dict (.pt/.pth/.safetensors), 'demo' for the shipped checkpoint, or weights from "
-    "elsewhere: a Hugging Face SegFormer directory, an mmseg/timm/port checkpoint (README: Your own weights).",
+    "elsewhere: a Hugging Face SegFormer directory, an mmseg/timm/port checkpoint "
+    "(README: Your own weights).",
 )
 @click.option("--num-classes", type=int, help="Classes of the head (default: the checkpoint's or model's).")
 @click.option("--size", callback=_size, help="Export height x width, e.g. 512x512.")

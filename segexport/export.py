@@ -11,6 +11,7 @@ shape and at others (batch > 1, another aspect ratio) and compared with PyTorch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import platform
@@ -108,20 +109,24 @@ def _imported(request: ExportRequest) -> Imported | None:
             f"--model {request.model} disagrees with the weights, which are {imported.model} "
             f"({imported.format}, {imported.path})"
         )
+    if imported.partial and request.num_classes is not None:  # the head is not imported
+        imported = dataclasses.replace(imported, num_classes=request.num_classes)
     if request.num_classes is not None and request.num_classes != imported.num_classes:
         raise SegexportError(
             f"--num-classes {request.num_classes} disagrees with the weights' "
             f"{imported.num_classes}-class head"
         )
     clash = [
-        k for k, v in request.model_options.items() if k in imported.options and imported.options[k] != v
+        k
+        for k, v in request.model_options.items()
+        if k in imported.options and imported.options[k] != v and k not in imported.guessed
     ]
     if clash:
         raise SegexportError(
             f"--model-arg {clash[0]}={request.model_options[clash[0]]} disagrees with the weights "
             f"({clash[0]}={imported.options[clash[0]]})"
         )
-    return imported
+    return dataclasses.replace(imported, options={**imported.options, **request.model_options})
 
 
 def plan_export(request: ExportRequest) -> ExportPlan:
@@ -424,7 +429,7 @@ def versions() -> dict[str, str]:
 
 def build_model(plan: ExportPlan) -> nn.Module:
     if plan.imported is not None:
-        return build_imported(plan.imported, plan.options)
+        return build_imported(plan.imported, plan.options, plan.num_classes)
     model = create_model(plan.spec.name, num_classes=plan.num_classes, **plan.options)
     if plan.weights is not None:
         load_weights(model, plan.weights.path)

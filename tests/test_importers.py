@@ -79,14 +79,24 @@ def rel_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
 # --------------------------------------------------------------------------- Hugging Face
 
 
-def test_hf_segformer_b0_exports_without_model_and_matches_transformers(tmp_path: Path) -> None:
-    import onnxruntime as ort
-
+@pytest.fixture(scope="module")
+def hf_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
+    """One HF SegFormer-B0 directory exported through `segexport onnx --weights DIR` (no --model)."""
+    root = tmp_path_factory.mktemp("hf")
     source = hf_segformer("b0")
-    directory = save_hf(source, tmp_path / "hub")
-    out = tmp_path / "artifact"
+    directory = save_hf(source, root / "hub")
+    out = root / "artifact"
     code, _, err = run("onnx", "--weights", str(directory), "--out", str(out))
     assert code == 0, err
+    return source, directory, out
+
+
+def test_hf_segformer_b0_exports_without_model_and_matches_transformers(
+    hf_artifact: tuple[Any, Path, Path],
+) -> None:
+    import onnxruntime as ort
+
+    source, _, out = hf_artifact
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["name"] == "segformer-b0"
     assert manifest["model"]["class_names"] == list(CLASSES)
@@ -105,10 +115,8 @@ def test_hf_segformer_b0_exports_without_model_and_matches_transformers(tmp_path
     assert rel_l2(hf_logits(source, image), onnx_logits) <= 1e-4
 
 
-def test_hf_artifact_goes_through_quantize_and_trt_unchanged(tmp_path: Path) -> None:
-    directory = save_hf(hf_segformer("b0"), tmp_path / "hub")
-    out = tmp_path / "artifact"
-    assert run("onnx", "--weights", str(directory), "--out", str(out))[0] == 0
+def test_hf_artifact_goes_through_quantize_and_trt_unchanged(hf_artifact: tuple[Any, Path, Path]) -> None:
+    _, _, out = hf_artifact
     code, _, err = run("trt", "--fp16", "--artifacts", str(out))
     # No TensorRT here: trt runs the earlier stages (FP16 ONNX, measured against the
     # imported PyTorch model rebuilt from the manifest) and stops with exit 3.
@@ -117,6 +125,21 @@ def test_hf_artifact_goes_through_quantize_and_trt_unchanged(tmp_path: Path) -> 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precisions"]["fp16"]["agreement"] >= 0.99
     assert "model.fp16.onnx" in manifest["files"]
+
+
+def test_reference_rebuild_refuses_changed_weights(
+    hf_artifact: tuple[Any, Path, Path], tmp_path: Path
+) -> None:
+    from segexport.reference import reference_model
+
+    _, _, out = hf_artifact
+    manifest = json.loads((out / "manifest.json").read_text())
+    reference_model(manifest)  # rebuilt from the directory it recorded, checksum matching
+    changed = tmp_path / "changed"
+    hf_segformer("b0", seed=5).save_pretrained(changed)
+    manifest["model"]["weights"]["path"] = str(changed)
+    with pytest.raises(SegexportError, match="missing or changed"):
+        reference_model(manifest)
 
 
 def test_hf_in_memory_layout_imports_like_the_hub_layout(tmp_path: Path) -> None:
@@ -219,14 +242,87 @@ def test_unknown_file_without_model_names_what_was_expected(tmp_path: Path) -> N
     _refused(tmp_path, path, "not a layout segexport recognises by itself (expected")
 
 
-def test_reference_rebuild_refuses_changed_weights(tmp_path: Path) -> None:
-    from segexport.reference import reference_model
+# --------------------------------------------------------------------------- timm ViT -> SETR
 
-    directory = save_hf(hf_segformer("b0"), tmp_path / "hub")
+
+def timm_vit(class_token: bool = True, seed: int = 0) -> Any:
+    vision_transformer = source_library("timm").models.vision_transformer
+    torch.manual_seed(seed)
+    model = vision_transformer.VisionTransformer(
+        img_size=224,
+        patch_size=16,
+        embed_dim=64,
+        depth=2,
+        num_heads=1,
+        class_token=class_token,
+        global_pool="token" if class_token else "avg",
+        fc_norm=False,
+        num_classes=10,
+        dynamic_img_size=True,  # timm resizes its position table per input only when asked
+    )
+    return model.eval()
+
+
+def test_timm_vit_encoder_in_setr_matches_timm_tokens(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    source = timm_vit()
+    path = tmp_path / "vit.safetensors"
+    save_file(source.state_dict(), str(path))
     out = tmp_path / "artifact"
-    assert run("onnx", "--weights", str(directory), "--out", str(out))[0] == 0
+    code, _, err = run(
+        "onnx", "--weights", str(path), "--num-classes", "3", "--size", "64x64", "--out", str(out)
+    )
+    assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
-    reference_model(manifest)  # rebuilds from the directory it recorded
-    hf_segformer("b0", seed=5).save_pretrained(directory)
-    with pytest.raises(SegexportError, match="missing or changed"):
-        reference_model(manifest)
+    assert manifest["model"]["name"] == "setr"
+    options = manifest["model"]["options"]
+    assert options["class_token"] is True and options["img_size"] == 224  # the checkpoint's own grid
+    assert manifest["source"]["partial"] and manifest["source"]["ignored"] == ["head.weight", "head.bias"]
+    assert manifest["source"]["check"]["reference"]["rel_l2"] <= 1e-4
+    assert manifest["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+
+    imported = import_weights(path)
+    assert imported is not None
+    model = build_imported(imported, imported.options, 3)
+    for size in ((224, 224), (64, 96), (320, 256)):
+        image = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(size[0]))
+        with torch.no_grad():
+            ours = model.encode(image)[0].numpy()
+            theirs = source.forward_features(image).numpy()
+        assert ours.shape == theirs.shape  # class token kept through every layer
+        assert rel_l2(theirs, ours) <= 1e-5, size
+
+
+def test_timm_pooled_vit_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    vision_transformer = source_library("timm").models.vision_transformer
+    source = vision_transformer.VisionTransformer(
+        img_size=64, patch_size=16, embed_dim=64, depth=1, num_heads=1, global_pool="avg", num_classes=0
+    )
+    path = tmp_path / "vit.safetensors"
+    save_file(source.state_dict(), str(path))
+    _refused(tmp_path, path, "global-average-pool ViT (fc_norm)")
+
+
+def test_setr_without_class_token_keeps_its_keys() -> None:
+    from segexport.zoo import create_model
+
+    plain = create_model("setr", num_classes=2, embed_dim=64, depth=1, num_heads=1)
+    token = create_model("setr", num_classes=2, embed_dim=64, depth=1, num_heads=1, class_token=True)
+    assert set(token.state_dict()) - set(plain.state_dict()) == {"cls_token"}
+    assert plain.state_dict()["pos_embed"].shape[1] + 1 == token.state_dict()["pos_embed"].shape[1]
+
+
+def test_antialiased_position_resize_is_torchs() -> None:
+    from segexport.zoo.setr import antialiased_bicubic_matrix
+
+    grid = torch.randn(1, 8, 14, 14, generator=torch.Generator().manual_seed(0))
+    for height, width in ((14, 14), (4, 6), (32, 20), (40, 3)):
+        expected = torch.nn.functional.interpolate(
+            grid, size=(height, width), mode="bicubic", align_corners=False, antialias=True
+        )
+        rows = antialiased_bicubic_matrix(14, height, grid.dtype)
+        cols = antialiased_bicubic_matrix(14, width, grid.dtype)
+        assert torch.allclose(rows @ grid @ cols.T, expected, atol=1e-5)

@@ -1,13 +1,14 @@
 """Weights trained elsewhere, converted for zoo models (timm's `checkpoint_filter_fn` idea).
 
 The layout is read from the files, never from their names: a directory with a
-`config.json` is a Hugging Face model directory; a single file is opened (safely) and
-recognised by its tensor names. A plain segexport state_dict is none of these and
-returns None, so the ordinary loader handles it.
+`config.json` is a Hugging Face (transformers or timm) model directory; a single file is
+opened (safely, `weights_only=True`) and recognised by its tensor names. A plain
+segexport state_dict is none of these and gives None, so the ordinary loader handles it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,9 +16,9 @@ import torch
 from torch import nn
 
 from segexport.errors import SegexportError
-from segexport.importers import huggingface
+from segexport.importers import huggingface, timm_vit
 from segexport.importers.base import Format, Imported, Preprocessing, Reference
-from segexport.weights import apply_state_dict
+from segexport.weights import apply_state_dict, read_checkpoint
 from segexport.zoo import create_model
 
 __all__ = [
@@ -30,34 +31,67 @@ __all__ = [
     "import_weights",
 ]
 
-EXPECTED = "a Hugging Face SegFormer directory (config.json + model.safetensors or pytorch_model.bin)"
+EXPECTED = (
+    "a Hugging Face SegFormer directory (config.json + model.safetensors or pytorch_model.bin), "
+    "a timm ViT (directory or file)"
+)
 
-_FORMATS: dict[str, Format] = {huggingface.FORMAT: cast(Format, huggingface)}
+_FORMATS: dict[str, Format] = {
+    huggingface.FORMAT: cast(Format, huggingface),
+    timm_vit.FORMAT: cast(Format, timm_vit),
+}
+# Where training scripts nest the state_dict inside a checkpoint.
+_NESTING = ("state_dict", "model_state", "model", "module")
 
 
 def import_weights(path: Path) -> Imported | None:
     """Convert a foreign checkpoint; None when `path` is a file in none of the known layouts."""
     if path.is_dir():
-        if huggingface.is_model_directory(path):
-            return huggingface.load_directory(path, huggingface.read_config(path))
-        raise SegexportError(f"{path} is a directory but not a model directory; expected {EXPECTED}")
+        if not huggingface.is_model_directory(path):
+            raise SegexportError(f"{path} is a directory but not a model directory; expected {EXPECTED}")
+        config = huggingface.read_config(path)
+        if "architecture" in config and "model_type" not in config:
+            return timm_vit.load_directory(path, config)
+        return huggingface.load_directory(path, config)
     if not path.is_file():
         raise SegexportError(f"weights {path} do not exist")
+    raw = read_checkpoint(path)
+    state = tensors_of(raw)
+    if timm_vit.matches(state):
+        return timm_vit.load_file(path, state)
     return None
+
+
+def tensors_of(raw: object) -> dict[str, torch.Tensor]:
+    """The name -> tensor entries of a checkpoint, unnested, without a DDP `module.` prefix;
+    other entries (milesial's `mask_values`, optimiser steps) are left out."""
+    data = raw
+    while isinstance(data, Mapping):
+        nested = next((data[k] for k in _NESTING if isinstance(data.get(k), Mapping)), None)
+        if nested is None:
+            break
+        data = nested
+    if not isinstance(data, Mapping):
+        return {}
+    state = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
 def format_module(name: str) -> Format:
     if name not in _FORMATS:
-        raise SegexportError(f"unknown weights format {name!r} in the manifest; known: {', '.join(_FORMATS)}")
+        known = ", ".join(_FORMATS)
+        raise SegexportError(f"unknown weights format {name!r} in the manifest; known: {known}")
     return _FORMATS[name]
 
 
-def build_imported(imported: Imported, options: dict[str, Any]) -> nn.Module:
-    """The zoo model holding imported weights; what a partial import leaves out keeps a
-    seeded initialisation, so the model can be rebuilt exactly from the manifest."""
+def build_imported(imported: Imported, options: dict[str, Any], num_classes: int | None = None) -> nn.Module:
+    """The zoo model holding imported weights; what a partial import leaves out (a decoder
+    of any `num_classes`) keeps a seeded initialisation, so the manifest can rebuild it."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = create_model(imported.model, num_classes=imported.num_classes, **options)
+        model = create_model(imported.model, num_classes=num_classes or imported.num_classes, **options)
     state = {**model.state_dict(), **imported.state_dict} if imported.partial else imported.state_dict
     apply_state_dict(model, state, f"{imported.weights_file} ({imported.format})")
     return model.eval()

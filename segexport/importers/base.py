@@ -54,6 +54,8 @@ class Imported:
     config: dict[str, Any] = field(default_factory=dict)
     partial: bool = False
     ignored: tuple[str, ...] = ()
+    # options read off by convention, not stored in the weights: `--model-arg` may override
+    guessed: tuple[str, ...] = ()
 
     def sha256(self) -> str:
         return sha256_file(self.weights_file)
@@ -68,6 +70,7 @@ class Imported:
             "config": self.config,
             "partial": self.partial,
             "ignored": list(self.ignored),
+            "guessed": list(self.guessed),
         }
 
 
