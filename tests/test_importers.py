@@ -326,3 +326,155 @@ def test_antialiased_position_resize_is_torchs() -> None:
         rows = antialiased_bicubic_matrix(14, height, grid.dtype)
         cols = antialiased_bicubic_matrix(14, width, grid.dtype)
         assert torch.allclose(rows @ grid @ cols.T, expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- milesial, VainF, smp
+
+
+class _MilesialDoubleConv(torch.nn.Module):
+    """milesial's published module names: `double_conv` = conv(bias), BN, ReLU, conv(bias), BN, ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.double_conv(x)
+
+
+class MilesialUNet(torch.nn.Module):
+    """milesial's UNet(bilinear=False) module tree (inc, downN.maxpool_conv.1, upN.up/conv, outc.conv),
+    written from its published structure to produce its state_dict names and outputs."""
+
+    def __init__(self, classes: int, width: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        w = [width * 2**i for i in range(5)]
+        self.inc = _MilesialDoubleConv(3, w[0])
+        for k in range(1, 5):
+            self.add_module(f"down{k}", nn.Module())
+            getattr(self, f"down{k}").maxpool_conv = nn.Sequential(
+                nn.MaxPool2d(2), _MilesialDoubleConv(w[k - 1], w[k])
+            )
+            up = nn.Module()
+            up.up = nn.ConvTranspose2d(w[5 - k], w[4 - k], 2, stride=2)
+            up.conv = _MilesialDoubleConv(w[5 - k], w[4 - k])
+            self.add_module(f"up{k}", up)
+        self.outc = nn.Module()
+        self.outc.conv = nn.Conv2d(w[0], classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for k in range(1, 5):
+            skips.append(getattr(self, f"down{k}").maxpool_conv(skips[-1]))
+        y = skips.pop()
+        for k in range(1, 5):
+            up = getattr(self, f"up{k}")
+            y = up.conv(torch.cat([skips.pop(), up.up(y)], dim=1))  # skip first, as milesial's Up
+        return self.outc.conv(y)
+
+
+def test_milesial_checkpoint_exports_with_its_preprocessing(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = MilesialUNet(classes=2, width=8).eval()
+    _randomise_batchnorm(source)
+    path = tmp_path / "checkpoint_epoch5.pth"
+    torch.save({**source.state_dict(), "mask_values": [0, 255]}, path)  # as milesial's train.py saves
+    out = tmp_path / "artifact"
+    code, _, err = run("onnx", "--weights", str(path), "--size", "64x64", "--out", str(out))
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "unet"
+    assert manifest["model"]["options"] == {"conv_bias": True, "features": [8, 16, 32, 64, 128]}
+    assert manifest["model"]["class_names"] == ["mask_value_0", "mask_value_255"]
+    prep = manifest["preprocessing"]
+    assert (prep["mean"], prep["std"], prep["scale"]) == ([0.0] * 3, [1.0] * 3, 1 / 255)
+    assert manifest["source"]["check"]["inverse_mapping"].startswith("exact")
+
+    imported = import_weights(path)
+    assert imported is not None
+    model = build_imported(imported, imported.options)
+    image = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model(image), source(image), atol=1e-5)
+
+
+def test_milesial_bilinear_unet_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bilinear.pth"
+    torch.save(
+        {"inc.double_conv.0.weight": torch.zeros(64, 3, 3, 3), "outc.conv.weight": torch.zeros(2, 64, 1, 1)},
+        path,
+    )
+    _refused(tmp_path, path, "a milesial U-Net with bilinear=True")
+
+
+class VainFDeepLabV3Plus(torch.nn.Module):
+    """VainF's deeplabv3plus_resnet50 module tree: torchvision ResNet-50 as `backbone`, and
+    `classifier` = DeepLabHeadV3Plus (project, aspp, one 3x3 conv, [low-level, ASPP] order)."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        from segexport.zoo.backbones import ResNet50  # torchvision's module names
+        from segexport.zoo.deeplab import ASPP  # VainF's ASPP names: convs.0-4, project
+
+        nn = torch.nn
+        self.backbone = ResNet50(output_stride=16)
+        self.classifier = nn.Module()
+        self.classifier.project = nn.Sequential(
+            nn.Conv2d(256, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU()
+        )
+        self.classifier.aspp = ASPP(2048, 256, (6, 12, 18))
+        self.classifier.classifier = nn.Sequential(
+            nn.Conv2d(304, 256, 3, padding=1, bias=False),
+            nn.BatchNorm2d(256),
+            nn.ReLU(),
+            nn.Conv2d(256, classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low, _, _, out = self.backbone(x)
+        head = self.classifier
+        aspp = torch.nn.functional.interpolate(
+            head.aspp(out), size=low.shape[2:], mode="bilinear", align_corners=False
+        )
+        y = head.classifier(torch.cat([head.project(low), aspp], dim=1))
+        return torch.nn.functional.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
+def test_vainf_checkpoint_loads_exactly(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = VainFDeepLabV3Plus(classes=5).eval()
+    _randomise_batchnorm(source)
+    path = tmp_path / "best_deeplabv3plus_resnet50_voc_os16.pth"
+    checkpoint = {
+        "cur_itrs": 30000,
+        "model_state": source.state_dict(),
+        "optimizer_state": {},
+        "best_score": 0.77,
+    }
+    torch.save(checkpoint, path)
+    imported = import_weights(path)
+    assert imported is not None and imported.model == "deeplabv3plus"
+    assert imported.options == {"decoder_convs": 1, "output_stride": 16} and imported.num_classes == 5
+    model = build_imported(imported, imported.options)
+    assert check_import(imported, model, (64, 64), Tolerance())["inverse_mapping"].startswith("exact")
+    image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model(image), source(image), atol=1e-5)
+
+
+def test_vainf_mobilenet_and_smp_deeplab_are_refused(tmp_path: Path) -> None:
+    zeros = torch.zeros(1)
+    vainf = tmp_path / "vainf_mbv2.pth"
+    torch.save({"model_state": {"backbone.low_level_features.0.0.weight": zeros,
+                                "classifier.aspp.convs.0.0.weight": zeros,
+                                "classifier.project.0.weight": zeros}}, vainf)  # fmt: skip
+    _refused(tmp_path, vainf, "VainF's DeepLabV3+ MobileNetV2, which pads its dilated depthwise convs")
+    smp = tmp_path / "smp.pth"
+    torch.save({"encoder.conv1.weight": zeros, "decoder.aspp.0.convs.0.0.weight": zeros,
+                "segmentation_head.0.weight": zeros}, smp)  # fmt: skip
+    _refused(tmp_path, smp, "segmentation_models_pytorch DeepLabV3+ with separable ASPP convs")

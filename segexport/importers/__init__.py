@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from segexport.errors import SegexportError
-from segexport.importers import huggingface, timm_vit
+from segexport.importers import huggingface, milesial, smp, timm_vit, vainf
 from segexport.importers.base import Format, Imported, Preprocessing, Reference
 from segexport.weights import apply_state_dict, read_checkpoint
 from segexport.zoo import create_model
@@ -33,12 +33,14 @@ __all__ = [
 
 EXPECTED = (
     "a Hugging Face SegFormer directory (config.json + model.safetensors or pytorch_model.bin), "
-    "a timm ViT (directory or file)"
+    "a timm ViT (directory or file), a milesial Pytorch-UNet or VainF DeepLabV3Plus-Pytorch checkpoint"
 )
 
 _FORMATS: dict[str, Format] = {
     huggingface.FORMAT: cast(Format, huggingface),
     timm_vit.FORMAT: cast(Format, timm_vit),
+    milesial.FORMAT: cast(Format, milesial),
+    vainf.FORMAT: cast(Format, vainf),
 }
 # Where training scripts nest the state_dict inside a checkpoint.
 _NESTING = ("state_dict", "model_state", "model", "module")
@@ -59,6 +61,12 @@ def import_weights(path: Path) -> Imported | None:
     state = tensors_of(raw)
     if timm_vit.matches(state):
         return timm_vit.load_file(path, state)
+    if milesial.matches(state):
+        return milesial.load(path, state, raw)
+    if vainf.matches(state):
+        return vainf.load(path, state, raw)
+    if smp.matches(state):
+        raise smp.refuse(path, state)
     return None
 
 
