@@ -478,3 +478,96 @@ def test_vainf_mobilenet_and_smp_deeplab_are_refused(tmp_path: Path) -> None:
     torch.save({"encoder.conv1.weight": zeros, "decoder.aspp.0.convs.0.0.weight": zeros,
                 "segmentation_head.0.weight": zeros}, smp)  # fmt: skip
     _refused(tmp_path, smp, "segmentation_models_pytorch DeepLabV3+ with separable ASPP convs")
+
+
+# --------------------------------------------------------------------------- mmsegmentation
+
+
+def mmseg_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A zoo SegFormer's weights under mmseg's published names (MixVisionTransformer +
+    SegformerHead), converted here by hand, independently of the importer's tables."""
+    ours = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in ours.items():
+        parts = key.split(".")
+        if parts[0] == "stages":
+            i, rest = parts[1], parts[2:]
+            if rest[0] == "patch_embed":
+                out[f"backbone.layers.{i}.0.{'projection' if rest[1] == 'proj' else 'norm'}.{rest[2]}"] = (
+                    tensor
+                )
+            elif rest[0] == "norm":
+                out[f"backbone.layers.{i}.2.{rest[1]}"] = tensor
+            else:
+                j, module, leaf = rest[1], ".".join(rest[2:-1]), rest[-1]
+                block = f"backbone.layers.{i}.1.{j}."
+                if module == "attn.q":
+                    kv = ours[key.replace("attn.q.", "attn.kv.")]
+                    out[block + f"attn.attn.in_proj_{leaf}"] = torch.cat([tensor, kv])
+                elif module == "attn.kv":
+                    continue
+                else:
+                    name = {
+                        "norm1": "norm1", "norm2": "norm2", "attn.proj": "attn.attn.out_proj",
+                        "attn.sr": "attn.sr", "attn.norm": "attn.norm", "mlp.fc1": "ffn.layers.0",
+                        "mlp.dwconv": "ffn.layers.1", "mlp.fc2": "ffn.layers.4",
+                    }[module]  # fmt: skip
+                    is_linear = module in ("mlp.fc1", "mlp.fc2") and leaf == "weight"
+                    out[block + f"{name}.{leaf}"] = tensor[:, :, None, None] if is_linear else tensor
+        elif key.startswith("decode_head.linear_c."):
+            _, _, i, layer, leaf = parts
+            out[f"decode_head.convs.{i}.{'conv' if layer == '0' else 'bn'}.{leaf}"] = tensor
+        elif key.startswith("decode_head.linear_fuse."):
+            layer, leaf = parts[2], parts[3]
+            if layer == "0":  # mmseg concatenates stage 1..4, the zoo 4..1
+                tensor = torch.cat(list(tensor.chunk(4, dim=1))[::-1], dim=1)
+            out[f"decode_head.fusion_conv.{'conv' if layer == '0' else 'bn'}.{leaf}"] = tensor
+        else:
+            out["decode_head.conv_seg." + parts[-1]] = tensor
+    return out
+
+
+def mmseg_checkpoint(tmp_path: Path, head: str = "SegformerHead") -> tuple[torch.nn.Module, Path]:
+    from segexport.zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model("segformer-b0", num_classes=len(CLASSES), layer_norm_eps=1e-6, branch_norm=True)
+    _randomise_batchnorm(model)
+    config = f"model = dict(decode_head=dict(type='{head}', in_channels=[32, 64, 160, 256]))"
+    meta = {"dataset_meta": {"classes": list(CLASSES)}, "mmseg_version": "1.2.2", "cfg": config}
+    path = tmp_path / "segformer_mit-b0_8xb2-160k_ade20k-512x512.pth"
+    torch.save({"state_dict": mmseg_state(model), "meta": meta}, path)
+    return model, path
+
+
+def test_mmseg_segformer_imports_exactly_with_its_class_names(tmp_path: Path) -> None:
+    original, path = mmseg_checkpoint(tmp_path)
+    imported = import_weights(path)
+    assert imported is not None and imported.model == "segformer-b0"
+    assert imported.options == {"layer_norm_eps": 1e-6, "branch_norm": True}
+    assert imported.class_names == CLASSES
+    expected = original.state_dict()
+    assert imported.state_dict.keys() == expected.keys()
+    assert all(torch.equal(imported.state_dict[k], expected[k]) for k in expected)
+    model = build_imported(imported, imported.options)
+    assert check_import(imported, model, (64, 64), Tolerance())["inverse_mapping"].startswith("exact")
+
+
+@pytest.mark.slow
+def test_mmseg_segformer_exports(tmp_path: Path) -> None:
+    _, path = mmseg_checkpoint(tmp_path)
+    out = tmp_path / "artifact"
+    code, _, err = run("onnx", "--weights", str(path), "--size", "64x64", "--out", str(out))
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["class_names"] == list(CLASSES)
+    assert manifest["source"]["format"] == "mmseg-segformer"
+
+
+def test_mmseg_checkpoint_of_another_head_is_refused(tmp_path: Path) -> None:
+    _, path = mmseg_checkpoint(tmp_path, head="UPerHead")
+    checkpoint = torch.load(path, weights_only=True)
+    state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("decode_head.")}
+    state["decode_head.lateral_convs.0.conv.weight"] = torch.zeros(1)
+    torch.save({**checkpoint, "state_dict": state}, path)
+    _refused(tmp_path, path, "a MiT backbone and UPerHead as decode head; segexport imports")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from segexport.errors import SegexportError
-from segexport.importers import huggingface, milesial, smp, timm_vit, vainf
+from segexport.importers import huggingface, milesial, mmseg, smp, timm_vit, vainf
 from segexport.importers.base import Format, Imported, Preprocessing, Reference
 from segexport.weights import apply_state_dict, read_checkpoint
 from segexport.zoo import create_model
@@ -33,12 +33,14 @@ __all__ = [
 
 EXPECTED = (
     "a Hugging Face SegFormer directory (config.json + model.safetensors or pytorch_model.bin), "
+    "an mmseg SegFormer .pth (mit_b0..b5 + SegformerHead), "
     "a timm ViT (directory or file), a milesial Pytorch-UNet or VainF DeepLabV3Plus-Pytorch checkpoint"
 )
 
 _FORMATS: dict[str, Format] = {
     huggingface.FORMAT: cast(Format, huggingface),
     timm_vit.FORMAT: cast(Format, timm_vit),
+    mmseg.FORMAT: cast(Format, mmseg),
     milesial.FORMAT: cast(Format, milesial),
     vainf.FORMAT: cast(Format, vainf),
 }
@@ -59,6 +61,8 @@ def import_weights(path: Path) -> Imported | None:
         raise SegexportError(f"weights {path} do not exist")
     raw = read_checkpoint(path)
     state = tensors_of(raw)
+    if mmseg.matches(state):
+        return mmseg.load(path, state, raw)
     if timm_vit.matches(state):
         return timm_vit.load_file(path, state)
     if milesial.matches(state):
