@@ -31,6 +31,7 @@ from torch import nn
 from segexport import __version__
 from segexport.compare import Tolerance, VerificationReport
 from segexport.errors import SegexportError, VerificationError, first_line
+from segexport.importers import EXPECTED, Imported, Preprocessing, build_imported, import_weights
 from segexport.reference import TorchRunner, verify_runners
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import (
@@ -40,7 +41,6 @@ from segexport.runtime.artifacts import (
     staged_directory,
     write_json_atomic,
 )
-from segexport.importers import EXPECTED, Imported, Preprocessing, build_imported, import_weights
 from segexport.shapes import DynamicRange, InputShape
 from segexport.weights import Weights, load_weights, resolve_weights
 from segexport.zoo.registry import ModelSpec, create_model, get_spec
@@ -451,12 +451,13 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
         model = build_model(plan)
         source_check = None
         if plan.imported is not None:
-            from segexport.importers.check import check_import
+            from segexport.importers.check import check_import, describe_check
 
             say(f"      checking the {plan.imported.format} import")
             assert plan.export_shape.height and plan.export_shape.width
             size = (plan.export_shape.height, plan.export_shape.width)
             source_check = check_import(plan.imported, model, size, request.tolerance)
+            say(f"      {describe_check(source_check)}")
         say(f"[2/4] exporting to ONNX (opset {request.opset}, {plan.dynamic_range.describe()})")
         traced_at = time.perf_counter()
         raw = trace_to_onnx(model, plan, request.opset)

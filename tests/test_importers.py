@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from segexport.compare import Tolerance
 from segexport.errors import SegexportError
 from segexport.importers import build_imported, import_weights
 from segexport.importers.check import check_import
-from segexport.compare import Tolerance
 from tests.source_libraries import source_library
 from tests.test_cli import assert_one_line_error, run
 

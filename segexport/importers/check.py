@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from segexport.compare import Tolerance, compare_arrays
 from segexport.errors import VerificationError
 from segexport.importers import format_module
 from segexport.importers.base import Imported
 from segexport.importers.mapping import same_tensors
-from segexport.compare import Tolerance, compare_arrays
 
 
 def check_import(
@@ -50,3 +50,12 @@ def check_import(
             f"(rel L2 {comparison.rel_l2:.2e} > {tolerance.max_rel_l2:.0e}); nothing written"
         )
     return record
+
+
+def describe_check(record: dict[str, Any]) -> str:
+    """One progress line: what the import was checked against, and how close it came."""
+    reference = record["reference"]
+    if "skipped" in reference:
+        return f"inverse mapping {record['inverse_mapping']}; source library: {reference['skipped']}"
+    figures = f"vs {reference['against']}: rel L2 {reference['rel_l2']:.1e}"
+    return f"inverse mapping {record['inverse_mapping']}; {figures}"
