@@ -139,7 +139,6 @@ def plan_export(request: ExportRequest) -> ExportPlan:
     trained_names = weights.class_names if weights else None
     if imported is not None:
         trained_names = list(imported.class_names or ())
-    if imported is not None:
         num_classes = imported.num_classes
     elif request.num_classes is not None:
         num_classes = request.num_classes

@@ -8,7 +8,6 @@ segexport state_dict is none of these and gives None, so the ordinary loader han
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,7 +17,7 @@ from torch import nn
 from segexport.errors import SegexportError
 from segexport.importers import huggingface, milesial, mmseg, smp, timm_vit, vainf
 from segexport.importers.base import Format, Imported, Preprocessing, Reference
-from segexport.weights import apply_state_dict, read_checkpoint
+from segexport.weights import apply_state_dict, read_checkpoint, unwrap_state_dict
 from segexport.zoo import create_model
 
 __all__ = [
@@ -44,8 +43,6 @@ _FORMATS: dict[str, Format] = {
     milesial.FORMAT: cast(Format, milesial),
     vainf.FORMAT: cast(Format, vainf),
 }
-# Where training scripts nest the state_dict inside a checkpoint.
-_NESTING = ("state_dict", "model_state", "model", "module")
 
 
 def import_weights(path: Path) -> Imported | None:
@@ -60,7 +57,7 @@ def import_weights(path: Path) -> Imported | None:
     if not path.is_file():
         raise SegexportError(f"weights {path} do not exist")
     raw = read_checkpoint(path)
-    state = tensors_of(raw)
+    state = unwrap_state_dict(raw, path, skip_other=True)
     if mmseg.matches(state):
         return mmseg.load(path, state, raw)
     if timm_vit.matches(state):
@@ -72,23 +69,6 @@ def import_weights(path: Path) -> Imported | None:
     if smp.matches(state):
         raise smp.refuse(path, state)
     return None
-
-
-def tensors_of(raw: object) -> dict[str, torch.Tensor]:
-    """The name -> tensor entries of a checkpoint, unnested, without a DDP `module.` prefix;
-    other entries (milesial's `mask_values`, optimiser steps) are left out."""
-    data = raw
-    while isinstance(data, Mapping):
-        nested = next((data[k] for k in _NESTING if isinstance(data.get(k), Mapping)), None)
-        if nested is None:
-            break
-        data = nested
-    if not isinstance(data, Mapping):
-        return {}
-    state = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
 
 
 def format_module(name: str) -> Format:
