@@ -571,3 +571,36 @@ def test_mmseg_checkpoint_of_another_head_is_refused(tmp_path: Path) -> None:
     state["decode_head.lateral_convs.0.conv.weight"] = torch.zeros(1)
     torch.save({**checkpoint, "state_dict": state}, path)
     _refused(tmp_path, path, "a MiT backbone and UPerHead as decode head; segexport imports")
+
+
+def test_hf_feature_extractor_config_of_the_hub_models(tmp_path: Path) -> None:
+    """The Hub's SegFormers ship an older preprocessor config: one int `size`, no rescale keys."""
+    from safetensors.torch import save_file
+
+    from segexport.importers import huggingface
+    from segexport.zoo import create_model
+
+    model = create_model("segformer-b0", num_classes=len(CLASSES))
+    directory = tmp_path / "hub"
+    directory.mkdir()
+    hub_names = huggingface.inverse(None, model.state_dict())  # the inverse needs no import record
+    save_file({k: v.contiguous() for k, v in hub_names.items()}, str(directory / "model.safetensors"))
+    config = {
+        "model_type": "segformer",
+        "architectures": ["SegformerForSemanticSegmentation"],
+        "hidden_sizes": [32, 64, 160, 256],
+        "depths": [2, 2, 2, 2],
+        "decoder_hidden_size": 256,
+        "num_attention_heads": [1, 2, 5, 8],
+        "sr_ratios": [8, 4, 2, 1],
+        "mlp_ratios": [4, 4, 4, 4],
+        "id2label": {str(i): name for i, name in enumerate(CLASSES)},
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    extractor = {"feature_extractor_type": "SegformerFeatureExtractor", "size": 128, "do_normalize": True,
+                 "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}  # fmt: skip
+    (directory / "preprocessor_config.json").write_text(json.dumps(extractor))
+    imported = import_weights(directory)
+    assert imported is not None and imported.size == (128, 128) and imported.class_names == CLASSES
+    assert imported.preprocessing is not None and imported.preprocessing.scale == pytest.approx(1 / 255)
+    assert all(torch.equal(imported.state_dict[k], v) for k, v in model.state_dict().items())

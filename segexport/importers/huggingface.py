@@ -161,7 +161,11 @@ def _preprocessing(path: Path) -> tuple[Preprocessing | None, tuple[int, int] | 
         scale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
         prep = Preprocessing(tuple(config["image_mean"]), tuple(config["image_std"]), scale)
     size = config.get("size")
-    hw = (int(size["height"]), int(size["width"])) if isinstance(size, dict) and "height" in size else None
+    hw = None
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        hw = (int(size["height"]), int(size["width"]))
+    elif isinstance(size, int):  # older feature-extractor configs (the Hub's SegFormers): one side
+        hw = (size, size)
     return prep, hw
 
 
