@@ -14,6 +14,8 @@ SEGEXPORT = $(PYTHON) -m segexport
 # `torch>=2.4` range never pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_WORKERS ?= 2
+# torch is named again with the project: timm (dev extra) pulls torchvision, whose newest
+# release would otherwise upgrade torch to a CUDA build.
 # Rebuilt when the project's requirements change; `make install` forces it. Kept inside the
 # venv, so that deleting the venv also forgets that it was installed.
 ifeq ($(PYTHON),$(VENV)/bin/python)
@@ -35,7 +37,7 @@ $(INSTALLED): pyproject.toml
 			exit 1; }; \
 	fi
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev]" "$(TORCH_SPEC)"
 	@mkdir -p $(dir $(INSTALLED)) && touch $(INSTALLED)
 
 # The main job on the embedded default: the shipped SegFormer-B0 demo checkpoint, exported

@@ -121,8 +121,17 @@ def zoo(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--model", "model_name", default="segformer-b0", show_default=True, help="Zoo name or alias.")
-@click.option("--weights", help="state_dict (.pt/.pth/.safetensors), or 'demo' for the shipped checkpoint.")
+@click.option(
+    "--model",
+    "model_name",
+    help="Zoo name or alias [default: the model the --weights describe, else segformer-b0].",
+)
+@click.option(
+    "--weights",
+    help="state_dict (.pt/.pth/.safetensors), 'demo' for the shipped checkpoint, or weights from "
+    "elsewhere: a Hugging Face SegFormer directory, an mmseg/timm/port checkpoint "
+    "(README: Your own weights).",
+)
 @click.option("--num-classes", type=int, help="Classes of the head (default: the checkpoint's or model's).")
 @click.option("--size", callback=_size, help="Export height x width, e.g. 512x512.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Export batch size.")
@@ -167,7 +176,7 @@ def zoo(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def onnx(
     ctx: click.Context,
-    model_name: str,
+    model_name: str | None,
     weights: str | None,
     num_classes: int | None,
     size: tuple[int, int] | None,

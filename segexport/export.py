@@ -11,6 +11,7 @@ shape and at others (batch > 1, another aspect ratio) and compared with PyTorch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import platform
@@ -30,6 +31,7 @@ from torch import nn
 from segexport import __version__
 from segexport.compare import Tolerance, VerificationReport
 from segexport.errors import SegexportError, VerificationError, first_line
+from segexport.importers import EXPECTED, Imported, Preprocessing, build_imported, import_weights
 from segexport.reference import TorchRunner, verify_runners
 from segexport.runtime import OnnxRuntimeRunner, Runner
 from segexport.runtime.artifacts import (
@@ -54,15 +56,17 @@ MODEL_FILE = "model.onnx"
 HEADS = ("logits", "mask", "logits+mask")
 MASK_OUTPUT = "mask"
 MASK_TYPES = {"uint8": (onnx.TensorProto.UINT8, np.uint8), "int32": (onnx.TensorProto.INT32, np.int32)}
+DEFAULT_MODEL = "segformer-b0"
 
 
 @dataclass
 class ExportRequest:
     """Everything `segexport onnx` takes; unset fields fall back to the model's defaults."""
 
-    model: str
+    model: str | None  # None: the model the weights' files describe, else DEFAULT_MODEL
     num_classes: int | None = None
-    weights: str | Path | None = None  # a checkpoint path, or "demo" for the shipped one
+    # a checkpoint path, a model directory (Hugging Face), or "demo" for the shipped one
+    weights: str | Path | None = None
     size: tuple[int, int] | None = None
     batch: int = 1
     min_size: tuple[int, int] | None = None
@@ -91,14 +95,60 @@ class ExportPlan:
     out_dir: Path
     weights: Weights | None
     class_names: tuple[str, ...]
+    imported: Imported | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing | None = None
+
+
+def _imported(request: ExportRequest) -> Imported | None:
+    """Foreign weights converted for a zoo model, refused where the request contradicts them."""
+    if request.weights is None or str(request.weights) == "demo":
+        return None
+    imported = import_weights(Path(request.weights))
+    if imported is None:
+        if request.model is None:
+            raise SegexportError(
+                f"{request.weights}: not a layout segexport recognises by itself (expected {EXPECTED}); "
+                "for a segexport state_dict pass --model"
+            )
+        return None
+    if request.model is not None and get_spec(request.model).name != imported.model:
+        raise SegexportError(
+            f"--model {request.model} disagrees with the weights, which are {imported.model} "
+            f"({imported.format}, {imported.path})"
+        )
+    if imported.partial and request.num_classes is not None:  # the head is not imported
+        imported = dataclasses.replace(imported, num_classes=request.num_classes)
+    if request.num_classes is not None and request.num_classes != imported.num_classes:
+        raise SegexportError(
+            f"--num-classes {request.num_classes} disagrees with the weights' "
+            f"{imported.num_classes}-class head"
+        )
+    clash = [
+        k
+        for k, v in request.model_options.items()
+        if k in imported.options and imported.options[k] != v and k not in imported.guessed
+    ]
+    if clash:
+        raise SegexportError(
+            f"--model-arg {clash[0]}={request.model_options[clash[0]]} disagrees with the weights "
+            f"({clash[0]}={imported.options[clash[0]]})"
+        )
+    return dataclasses.replace(imported, options={**imported.options, **request.model_options})
 
 
 def plan_export(request: ExportRequest) -> ExportPlan:
     """Resolve defaults and refuse, up front, anything the artifact could not honour."""
-    spec = get_spec(request.model)
-    weights = None if request.weights is None else resolve_weights(spec.name, request.weights)
+    imported = _imported(request)
+    spec = get_spec(imported.model if imported else request.model or DEFAULT_MODEL)
+    weights = None
+    if request.weights is not None and imported is None:
+        weights = resolve_weights(spec.name, request.weights)
     trained_names = weights.class_names if weights else None
-    if request.num_classes is not None:
+    if imported is not None:
+        trained_names = list(imported.class_names or ())
+        num_classes = imported.num_classes
+    elif request.num_classes is not None:
         num_classes = request.num_classes
     else:
         num_classes = len(trained_names) if trained_names else spec.default_num_classes
@@ -115,7 +165,7 @@ def plan_export(request: ExportRequest) -> ExportPlan:
     if request.batch < 1 or max_batch < request.batch:
         raise SegexportError(f"--batch must be between 1 and --max-batch {max_batch}, got {request.batch}")
     if spec.input_kind == "image":
-        size = request.size or spec.default_size
+        size = request.size or (imported.size if imported else None) or spec.default_size
         min_size = request.min_size or _at_most(default.min_size, size)
         max_size = request.max_size or _at_least(default.max_size, size)
         for label, (height, width) in (("--size", size), ("--min-size", min_size), ("--max-size", max_size)):
@@ -145,7 +195,17 @@ def plan_export(request: ExportRequest) -> ExportPlan:
     else:
         class_names = tuple(f"class_{i}" for i in range(num_classes))
     return ExportPlan(
-        spec, num_classes, export_shape, dynamic, tuple(dict.fromkeys(shapes)), out_dir, weights, class_names
+        spec,
+        num_classes,
+        export_shape,
+        dynamic,
+        tuple(dict.fromkeys(shapes)),
+        out_dir,
+        weights,
+        class_names,
+        imported,
+        {**(imported.options if imported else {}), **request.model_options},
+        imported.preprocessing if imported else None,
     )
 
 
@@ -442,8 +502,10 @@ def versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- pipeline
 
 
-def build_model(plan: ExportPlan, options: dict[str, Any]) -> nn.Module:
-    model = create_model(plan.spec.name, num_classes=plan.num_classes, **options)
+def build_model(plan: ExportPlan) -> nn.Module:
+    if plan.imported is not None:
+        return build_imported(plan.imported, plan.options, plan.num_classes)
+    model = create_model(plan.spec.name, num_classes=plan.num_classes, **plan.options)
     if plan.weights is not None:
         load_weights(model, plan.weights.path)
     return model.eval()
@@ -461,7 +523,16 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
     started = time.perf_counter()
     with staged_directory(plan.out_dir, request.force) as staging:
         say(f"[1/4] building {spec.name} ({plan.num_classes} classes)")
-        model = build_model(plan, request.model_options)
+        model = build_model(plan)
+        source_check = None
+        if plan.imported is not None:
+            from segexport.importers.check import check_import, describe_check
+
+            say(f"      checking the {plan.imported.format} import")
+            assert plan.export_shape.height and plan.export_shape.width
+            size = (plan.export_shape.height, plan.export_shape.width)
+            source_check = check_import(plan.imported, model, size, request.tolerance)
+            say(f"      {describe_check(source_check)}")
         say(f"[2/4] exporting to ONNX (opset {request.opset}, {plan.dynamic_range.describe()})")
         traced_at = time.perf_counter()
         raw = trace_to_onnx(model, plan, request.opset)
@@ -502,6 +573,7 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
                 "verify": round(verify_seconds, 2),
                 "total": round(time.perf_counter() - started, 2),
             },
+            source_check,
         )
         if not report.passed:
             raise VerificationError(
@@ -582,6 +654,7 @@ def _manifest(
     simplify_note: str | None,
     report: VerificationReport,
     seconds: dict[str, float],
+    source_check: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     spec = plan.spec
     dynamic = plan.dynamic_range
@@ -595,14 +668,10 @@ def _manifest(
             "name": spec.name,
             "family": spec.family,
             "description": spec.description,
-            "options": request.model_options,
+            "options": plan.options,
             "num_classes": plan.num_classes,
             "class_names": list(plan.class_names),
-            "weights": (
-                {"path": str(plan.weights.path.resolve()), "sha256": sha256_file(plan.weights.path)}
-                if plan.weights
-                else None
-            ),
+            "weights": _weights_record(plan),
             "trained": plan.weights.record if plan.weights and plan.weights.record else None,
         },
         "inputs": declared_shapes(proto.graph.input),
@@ -622,14 +691,27 @@ def _manifest(
         "verification": {"fp32": report.to_dict()},
         "head": _head_record(request, spec),
     }
+    if plan.imported is not None:
+        manifest["source"] = {**plan.imported.record(), "check": source_check}
     if spec.input_kind == "image":
+        prep = plan.preprocessing or Preprocessing(spec.mean, spec.std)
         manifest["size_rule"] = {"divisible_by": spec.stride}
         manifest["preprocessing"] = {
             "color_order": "RGB",
             "layout": "NCHW",
-            "scale": 1 / 255,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
+            "scale": prep.scale,
+            "mean": list(prep.mean),
+            "std": list(prep.std),
             "formula": "(pixel * scale - mean) / std",
         }
     return manifest
+
+
+def _weights_record(plan: ExportPlan) -> dict[str, Any] | None:
+    """What `reference_model` needs to rebuild the PyTorch model, the checksum included."""
+    if plan.imported is not None:
+        imported = plan.imported
+        return {"path": str(imported.path.resolve()), "sha256": imported.sha256(), "format": imported.format}
+    if plan.weights is not None:
+        return {"path": str(plan.weights.path.resolve()), "sha256": sha256_file(plan.weights.path)}
+    return None

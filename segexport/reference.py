@@ -17,6 +17,7 @@ from torch import nn
 
 from segexport.compare import ShapeResult, Tolerance, VerificationReport, compare_arrays
 from segexport.errors import SegexportError, first_line
+from segexport.importers import build_imported, import_weights
 from segexport.runtime import Runner
 from segexport.runtime.artifacts import sha256_file
 from segexport.shapes import InputShape
@@ -37,12 +38,23 @@ def reference_model(manifest: dict[str, Any], weights: str | Path | None = None)
             f"{info['name']} was exported with random weights: its PyTorch reference cannot be rebuilt; "
             "export with --weights CKPT (or --weights demo)"
         )
+    if recorded.get("format"):
+        return _imported_reference(info, Path(recorded["path"] if weights is None else weights))
     path = Path(recorded["path"]) if weights is None else resolve_weights(info["name"], weights).path
     if not path.is_file() or sha256_file(path) != recorded["sha256"]:
         raise SegexportError(f"{path}: the checkpoint this artifact was exported from is missing or changed")
     model = create_model(info["name"], num_classes=info["num_classes"], **info.get("options", {}))
     load_weights(model, path)
     return model.eval()
+
+
+def _imported_reference(info: dict[str, Any], path: Path) -> nn.Module:
+    """Foreign weights (Hugging Face, mmseg, timm, ports) converted again, as at export."""
+    recorded = info["weights"]
+    imported = import_weights(path) if path.exists() else None
+    if imported is None or imported.format != recorded["format"] or imported.sha256() != recorded["sha256"]:
+        raise SegexportError(f"{path}: the weights this artifact was exported from are missing or changed")
+    return build_imported(imported, info.get("options", {}), info["num_classes"])
 
 
 def data_size(manifest: dict[str, Any]) -> tuple[int, int]:

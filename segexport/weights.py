@@ -16,7 +16,7 @@ from torch import nn
 from segexport.errors import SegexportError, first_line
 from segexport.runtime.artifacts import atomic_write
 
-_NESTING_KEYS = ("state_dict", "model", "model_state_dict")
+_NESTING_KEYS = ("state_dict", "model", "model_state_dict", "model_state")
 _SHOWN = 5
 
 
@@ -26,6 +26,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     A state_dict nested under `state_dict`/`model` (training checkpoints) is unwrapped,
     and a `module.` prefix (DataParallel/DDP) is stripped.
     """
+    return unwrap_state_dict(read_checkpoint(path), path)
+
+
+def read_checkpoint(path: Path) -> object:
+    """The file's content as stored (a safetensors dict, or what `torch.load` safely unpickles),
+    so importers can read metadata beside the tensors."""
     if not path.is_file():
         raise SegexportError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -51,7 +57,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise SegexportError(
                 f"{path}: not a readable PyTorch checkpoint ({first_line(error)})"
             ) from error
-    return _unwrap(data, path)
+    return data
 
 
 def _unpickler_reason(error: pickle.UnpicklingError) -> str:
@@ -62,7 +68,9 @@ def _unpickler_reason(error: pickle.UnpicklingError) -> str:
     return lines[0].split(". ")[0] if lines else "unpickling failed"
 
 
-def _unwrap(data: object, path: Path) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(data: object, path: Path, skip_other: bool = False) -> dict[str, torch.Tensor]:
+    """The name -> tensor mapping inside a checkpoint (see `read_state_dict`); `skip_other`
+    leaves out entries that are not tensors (milesial's `mask_values`) instead of refusing."""
     while isinstance(data, Mapping):
         nested = next((data[k] for k in _NESTING_KEYS if isinstance(data.get(k), Mapping)), None)
         if nested is None:
@@ -71,12 +79,14 @@ def _unwrap(data: object, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(data, Mapping) or not data:
         raise SegexportError(f"{path}: no state_dict found (expected a mapping of name -> tensor)")
     not_tensors = [k for k, v in data.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
+    if skip_other:
+        data = {k: v for k, v in data.items() if k not in not_tensors}
+    elif not_tensors:
         raise SegexportError(
             f"{path}: entries that are not tensors: {', '.join(map(str, not_tensors[:_SHOWN]))}"
         )
     state = {str(k): v for k, v in data.items()}
-    if all(k.startswith("module.") for k in state):
+    if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
 

@@ -70,6 +70,7 @@ class DeepLabV3Plus(nn.Module):
         high_level_channels: int = 2048,
         aspp_out_channels: int = 256,
         aspp_dilations: Sequence[int] = (6, 12, 18),
+        decoder_convs: int = 2,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -81,15 +82,19 @@ class DeepLabV3Plus(nn.Module):
             nn.BatchNorm2d(48),
             nn.ReLU(inplace=True),
         )
-        self.decoder = nn.Sequential(
-            nn.Conv2d(aspp_out_channels + 48, 256, 3, padding=1, bias=False),
-            nn.BatchNorm2d(256),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1, bias=False),
-            nn.BatchNorm2d(256),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, num_classes, 1),
-        )
+        # The paper refines with two 3x3 convs; `decoder_convs=1` is the one-conv head of
+        # popular ports (VainF's DeepLabV3Plus-Pytorch), whose weights then load as trained.
+        if decoder_convs < 1:
+            raise ValueError(f"decoder_convs must be >= 1, got {decoder_convs}")
+        refine: list[nn.Module] = []
+        for index in range(decoder_convs):
+            in_channels = aspp_out_channels + 48 if index == 0 else 256
+            refine += [
+                nn.Conv2d(in_channels, 256, 3, padding=1, bias=False),
+                nn.BatchNorm2d(256),
+                nn.ReLU(inplace=True),
+            ]
+        self.decoder = nn.Sequential(*refine, nn.Conv2d(256, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         input_size = x.shape[2:]
@@ -102,10 +107,17 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(x, size=input_size, mode="bilinear", align_corners=False)
 
 
-def deeplabv3plus_resnet50(num_classes: int, output_stride: int = 16) -> DeepLabV3Plus:
+def deeplabv3plus_resnet50(
+    num_classes: int, output_stride: int = 16, decoder_convs: int = 2
+) -> DeepLabV3Plus:
     dilations = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
     return DeepLabV3Plus(
-        ResNetDeepLabAdapter(output_stride), num_classes, 256, 2048, aspp_dilations=dilations
+        ResNetDeepLabAdapter(output_stride),
+        num_classes,
+        256,
+        2048,
+        aspp_dilations=dilations,
+        decoder_convs=decoder_convs,
     )
 
 

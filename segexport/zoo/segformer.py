@@ -135,11 +135,25 @@ class MiTStage(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """All-MLP head: unify widths, upsample to 1/4, concatenate, fuse, classify."""
+    """All-MLP head: unify widths, upsample to 1/4, concatenate, fuse, classify.
 
-    def __init__(self, in_channels: Sequence[int], dim: int, num_classes: int) -> None:
+    `branch_norm=True` is mmsegmentation's `SegformerHead`: each width-unifying layer is a
+    1x1 conv with BatchNorm and ReLU instead of a plain linear layer.
+    """
+
+    def __init__(
+        self, in_channels: Sequence[int], dim: int, num_classes: int, branch_norm: bool = False
+    ) -> None:
         super().__init__()
-        self.linear_c = nn.ModuleList([nn.Linear(c, dim) for c in in_channels])
+        self.branch_norm = branch_norm
+        self.linear_c = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(c, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+                if branch_norm
+                else nn.Linear(c, dim)
+                for c in in_channels
+            ]
+        )
         self.linear_fuse = nn.Sequential(
             nn.Conv2d(dim * len(in_channels), dim, 1, bias=False),
             nn.BatchNorm2d(dim),
@@ -153,7 +167,10 @@ class MLPDecoder(nn.Module):
         fused = []
         for feature, linear in zip(features, self.linear_c, strict=True):
             height, width = feature.shape[2], feature.shape[3]
-            mapped = tokens_to_map(linear(feature.flatten(2).transpose(1, 2)), height, width)
+            if self.branch_norm:
+                mapped = linear(feature)
+            else:
+                mapped = tokens_to_map(linear(feature.flatten(2).transpose(1, 2)), height, width)
             if mapped.shape[2:] != target:
                 mapped = F.interpolate(mapped, size=target, mode="bilinear", align_corners=False)
             fused.append(mapped)
@@ -163,7 +180,17 @@ class MLPDecoder(nn.Module):
 
 
 class SegFormer(nn.Module):
-    def __init__(self, num_classes: int = 150, variant: str = "b0", full_resolution: bool = True) -> None:
+    """`layer_norm_eps` and `branch_norm` reproduce mmsegmentation's SegFormer (1e-6, and
+    its `SegformerHead`); the defaults are the Hugging Face implementation's."""
+
+    def __init__(
+        self,
+        num_classes: int = 150,
+        variant: str = "b0",
+        full_resolution: bool = True,
+        layer_norm_eps: float = 1e-5,
+        branch_norm: bool = False,
+    ) -> None:
         super().__init__()
         if variant not in SEGFORMER_VARIANTS:
             raise ValueError(f"variant must be one of {sorted(SEGFORMER_VARIANTS)}, got {variant!r}")
@@ -185,7 +212,10 @@ class SegFormer(nn.Module):
             )
             in_channels = config.embed_dims[index]
         self.stages = nn.ModuleList(stages)
-        self.decode_head = MLPDecoder(config.embed_dims, config.decoder_dim, num_classes)
+        self.decode_head = MLPDecoder(config.embed_dims, config.decoder_dim, num_classes, branch_norm)
+        for module in self.stages.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = layer_norm_eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         input_size = x.shape[2:]

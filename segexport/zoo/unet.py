@@ -12,13 +12,13 @@ UNET_FEATURES = (64, 128, 256, 512, 1024)
 
 
 class DoubleConv(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False) -> None:
         super().__init__()
         self.double_conv = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -28,11 +28,19 @@ class DoubleConv(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net (Ronneberger et al., 2015) with padded convs, so output size = input size."""
+    """U-Net (Ronneberger et al., 2015) with padded convs, so output size = input size.
+
+    `conv_bias=True` gives the 3x3 convs biases before their BatchNorm, as some ports
+    (milesial's Pytorch-UNet) have, so their weights load without folding.
+    """
 
     # Seed fix: `features` was a mutable list default shared by every instance; a tuple now.
     def __init__(
-        self, num_classes: int = 2, in_channels: int = 3, features: Sequence[int] = UNET_FEATURES
+        self,
+        num_classes: int = 2,
+        in_channels: int = 3,
+        features: Sequence[int] = UNET_FEATURES,
+        conv_bias: bool = False,
     ) -> None:
         super().__init__()
         features = tuple(features)
@@ -40,11 +48,11 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList()
         self.pool = nn.MaxPool2d(2, 2)
         for feature in features:
-            self.encoder.append(DoubleConv(in_channels, feature))
+            self.encoder.append(DoubleConv(in_channels, feature, conv_bias))
             in_channels = feature
         for feature in reversed(features[:-1]):
             self.decoder.append(nn.ConvTranspose2d(feature * 2, feature, 2, stride=2))
-            self.decoder.append(DoubleConv(feature * 2, feature))
+            self.decoder.append(DoubleConv(feature * 2, feature, conv_bias))
         self.final_conv = nn.Conv2d(features[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
