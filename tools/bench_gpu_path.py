@@ -42,6 +42,11 @@ from segexport.runtime.engine import TensorRTRunner  # noqa: E402
 CLASSES = 19
 
 
+# IR 8 is what opset 18 needs; onnx.helper's default follows the newest onnx, which older
+# ONNX Runtime releases (e.g. 1.30, on the GPU machine) refuse.
+IR_VERSION = 8
+
+
 class SyncTimer:
     """A cudart module that forwards every call and adds up the time spent synchronising."""
 
@@ -84,7 +89,8 @@ def segmentation_model(classes: int, channels: int = 3) -> bytes:
         ],
         [numpy_helper.from_array(weight, "weight")],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
+    return model.SerializeToString()
 
 
 def only_outputs(model: bytes, keep: str) -> bytes:
@@ -105,7 +111,8 @@ def identity_model() -> bytes:
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
+    return model.SerializeToString()
 
 
 def median_ms(samples: list[float]) -> float:

@@ -23,7 +23,10 @@ class EngineModel:
 def _model(name: str, nodes: list, outputs: list, weights: list) -> EngineModel:
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
     graph = helper.make_graph(nodes, name, [image], outputs, weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    # IR 8 is what opset 18 needs; onnx.helper's default follows the newest onnx (IR 14 with
+    # onnx 1.23), which older ONNX Runtime releases refuse (1.30 reads up to IR 13: seen on
+    # the H100 machine).
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     onnx.checker.check_model(model)
     return EngineModel(name, model.SerializeToString(), tuple(o.name for o in outputs))
 
