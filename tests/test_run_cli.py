@@ -130,3 +130,31 @@ def test_a_video_that_cannot_be_opened_gets_one_line(small_artifact: Path, tmp_p
     )
     assert_one_line_error(code, stderr, "cannot open the video")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4"]
+
+
+@needs_video
+@pytest.mark.parametrize("example", ["ros2_node.py", "opencv_loop.py"])
+def test_examples_run_on_a_video_file(small_artifact: Path, tmp_path: Path, example: str) -> None:
+    import subprocess
+    import sys
+
+    from segexport.runtime.media import VideoWriter
+
+    if example == "opencv_loop.py" and importlib.util.find_spec("cv2") is None:
+        pytest.skip("the OpenCV example needs opencv-python, which is not installed")
+    clip = tmp_path / "clip.mp4"
+    writer = VideoWriter(clip, 10, "mp4")
+    for image, _ in SyntheticScenes("eval", 4, (48, 64)):
+        writer.write(image)
+    writer.close()
+    script = Path(__file__).resolve().parents[1] / "examples" / example
+    source = (
+        ["--video", str(clip)]
+        if example == "ros2_node.py"
+        else ["--source", str(clip), "--out", str(tmp_path / "o.mp4")]
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), "--artifacts", str(small_artifact), *source],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "4 masks" in result.stdout or "4 frames" in result.stdout, result.stdout
