@@ -727,11 +727,16 @@ def run(
 
 
 def _frame_progress(done: int, total: int | None, fps: float) -> None:
-    if sys.stderr.isatty() or done == total or done % 50 == 0:
-        count = f"{done}/{total}" if total else f"{done}"
-        end = "\r" if sys.stderr.isatty() else "\n"
-        click.echo(f"  {count} frames, {fps:.1f} fps", err=True, nl=False)
-        click.echo(end, err=True, nl=False)
+    """A progress bar on a terminal; a line every 50 frames (and at the end) in logs."""
+    tty = sys.stderr.isatty()
+    if not (tty or done == total or done % 50 == 0):
+        return
+    if total:
+        filled = 30 * done // total
+        text = f"  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} frames, {fps:.1f} fps"
+    else:
+        text = f"  {done} frames, {fps:.1f} fps"
+    click.echo(text + ("\r" if tty else "\n"), err=True, nl=False)
 
 
 @main.group()

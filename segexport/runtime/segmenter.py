@@ -407,11 +407,12 @@ class _Failure:
 
 
 class Stream:
-    """An iterator of `StreamItem`s that overlaps decoding/pre-processing with inference.
+    """An iterator of `StreamItem`s that overlaps decoding/pre-processing, inference and
+    post-processing.
 
-    Two worker threads: one pulls frames and pre-processes them, one runs the network and
-    post-processes; bounded queues between them keep memory flat, and a single thread per
-    stage keeps frames in order. An exception in either is raised in the consumer. Closing
+    Two worker threads: one pulls frames and pre-processes them, one runs the network; the
+    consumer's `next()` post-processes. Bounded queues between them keep memory flat, and
+    a single thread per stage keeps frames in order. An exception in either is raised in the consumer. Closing
     (or leaving a `with` block, or dropping the iterator after `break`) stops both threads.
     """
 
@@ -497,8 +498,7 @@ class Stream:
                 if batch:
                     self._segmenter._run(batch)
                     for prepared in batch:
-                        mask = self._segmenter._mask(prepared)
-                        if not self._put(self._results, StreamItem(prepared.index, prepared.frame, mask)):
+                        if not self._put(self._results, prepared):
                             return
                 if finished:
                     self._put(self._results, item)
@@ -526,8 +526,10 @@ class Stream:
         if isinstance(item, _Failure):
             self.close()
             raise item.error
-        assert isinstance(item, StreamItem)
-        return item
+        # Post-processing (logits back to the frame's size, argmax) runs here, in the
+        # consumer's thread, while the worker already runs the next frames' inference.
+        assert isinstance(item, _Prepared)
+        return StreamItem(item.index, item.frame, self._segmenter._mask(item))
 
     def close(self) -> None:
         """Stop the worker threads and wait for them; safe to call twice."""
