@@ -322,6 +322,29 @@ def test_stream_closes_cleanly_when_the_consumer_stops_early(seg: Segmenter) -> 
         next(stream)
 
 
+def test_a_stream_dropped_after_break_stops_its_threads(seg: Segmenter) -> None:
+    import gc
+
+    closed = threading.Event()
+
+    def frames() -> object:
+        try:
+            for i in range(1000):
+                yield scene(i % 4, (64, 64))
+        finally:
+            closed.set()
+
+    for item in seg.stream(frames()):  # type: ignore[arg-type]
+        if item.number == 1:
+            break
+    gc.collect()
+    assert closed.wait(5), "the source was not closed"
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("segexport-stream") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "stream threads still running"
+        time.sleep(0.05)
+
+
 def test_drop_frames_keeps_the_newest(seg: Segmenter) -> None:
     frames = [scene(i % 4, (64, 64)) for i in range(60)]
     numbers = []
@@ -457,3 +480,10 @@ def test_an_argmax_mask_head_is_used_with_nearest_resizing(tmp_path: Path) -> No
         with_mask.probabilities(image)
     with pytest.raises(SegexportError, match="need logits"):
         Segmenter.load(tmp_path / "mask", tta=TTA())
+
+
+def test_a_static_artifact_runs_at_its_export_size_under_fixed() -> None:
+    rule = SizeRule(export=(100, 150), min_size=(100, 150), max_size=(100, 150), stride=32, batch=(1, 1))
+    assert rule.place(ODD, "fixed") == Placement(ODD, (100, 150), (100, 150))
+    keep = rule.place(ODD, "keep-aspect")
+    assert keep.padded == (100, 150) and keep.scaled[0] <= 100 and keep.scaled[1] <= 150

@@ -66,7 +66,9 @@ class SizeRule:
     def _pad(self, length: int, axis: int) -> int:
         """The smallest accepted size >= `length` (a stride multiple, at least the minimum)."""
         padded = max(math.ceil(length / self.stride) * self.stride, self.min_size[axis])
-        return math.ceil(padded / self.stride) * self.stride
+        padded = math.ceil(padded / self.stride) * self.stride
+        # A static artifact's size need not be a stride multiple: pad to exactly that size.
+        return self.max_size[axis] if length <= self.max_size[axis] < padded else padded
 
     def place(self, shape: tuple[int, int], mode: str = "fixed", scale: float = 1.0) -> Placement:
         """The placement of an image of `shape` (H, W) under a resize mode, at a TTA scale.
@@ -76,11 +78,15 @@ class SizeRule:
         native: padded only; refused when the padded size is outside the artifact's range.
         """
         height, width = shape
+        # At scale 1 the export size itself, even where a static artifact's size is no stride multiple.
+        box = (
+            self.export
+            if scale == 1.0
+            else (self._snap(self.export[0] * scale, 0), self._snap(self.export[1] * scale, 1))
+        )
         if mode == "fixed":
-            target = (self._snap(self.export[0] * scale, 0), self._snap(self.export[1] * scale, 1))
-            return Placement(shape, target, target)
+            return Placement(shape, box, box)
         if mode == "keep-aspect":
-            box = (self._snap(self.export[0] * scale, 0), self._snap(self.export[1] * scale, 1))
             ratio = min(box[0] / height, box[1] / width)
             scaled = (
                 min(box[0], max(1, round(height * ratio))),

@@ -406,14 +406,121 @@ class _Failure:
         self.error = error
 
 
+class _Workers:
+    """The stream's threads and queues. They never reference the `Stream` itself, so a
+    consumer that breaks out of a loop and drops the stream lets it be collected, which
+    stops them."""
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        frames: Iterable[Any],
+        batch: int,
+        color: str | None,
+        drop_frames: bool,
+        queue_size: int,
+    ) -> None:
+        self.segmenter = segmenter
+        self.frames = frames
+        self.batch = batch
+        self.color = color
+        self.drop = drop_frames
+        self.stopping = threading.Event()
+        self.prepared: queue.Queue[Any] = queue.Queue(maxsize=1 if drop_frames else max(queue_size, batch))
+        self.results: queue.Queue[Any] = queue.Queue(maxsize=max(queue_size, batch))
+        self.threads = [
+            threading.Thread(target=self.read, name="segexport-stream-read", daemon=True),
+            threading.Thread(target=self.infer, name="segexport-stream-infer", daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def put(self, target: queue.Queue[Any], item: Any) -> bool:
+        """Put unless the stream is stopping; False when it stopped."""
+        while not self.stopping.is_set():
+            try:
+                target.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def put_newest(self, item: Any) -> bool:
+        """drop_frames: replace a frame still waiting for inference by the newer one."""
+        while not self.stopping.is_set():
+            try:
+                self.prepared.put_nowait(item)
+                return True
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self.prepared.get_nowait()
+        return False
+
+    def get(self, source: queue.Queue[Any]) -> Any:
+        """The next item, or None once the stream is stopping."""
+        while not self.stopping.is_set():
+            try:
+                return source.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        return None
+
+    def read(self) -> None:
+        put = self.put_newest if self.drop else (lambda item: self.put(self.prepared, item))
+        try:
+            for index, frame in enumerate(self.frames):
+                if self.stopping.is_set() or not put(
+                    self.segmenter._prepare(index, frame, self.color, frame)
+                ):
+                    return
+            self.put(self.prepared, _END)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            self.put(self.prepared, _Failure(error))
+        finally:
+            close = getattr(self.frames, "close", None)
+            if close is not None and self.stopping.is_set():
+                close()
+
+    def infer(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                batch: list[_Prepared] = []
+                last = None
+                while len(batch) < self.batch:
+                    item = self.get(self.prepared)
+                    if item is None:
+                        return
+                    if item is _END or isinstance(item, _Failure):
+                        last = item
+                        break
+                    batch.append(item)
+                if batch:
+                    self.segmenter._run(batch)
+                    for prepared in batch:
+                        if not self.put(self.results, prepared):
+                            return
+                if last is not None:
+                    self.put(self.results, last)
+                    return
+        except BaseException as error:
+            self.put(self.results, _Failure(error))
+
+    def stop(self, wait: bool = True) -> None:
+        self.stopping.set()
+        for thread in self.threads if wait else []:
+            if thread is not threading.current_thread():
+                thread.join()
+
+
 class Stream:
     """An iterator of `StreamItem`s that overlaps decoding/pre-processing, inference and
     post-processing.
 
     Two worker threads: one pulls frames and pre-processes them, one runs the network; the
     consumer's `next()` post-processes. Bounded queues between them keep memory flat, and
-    a single thread per stage keeps frames in order. An exception in either is raised in the consumer. Closing
-    (or leaving a `with` block, or dropping the iterator after `break`) stops both threads.
+    a single thread per stage keeps frames in order. An exception in either is raised in
+    the consumer. Closing (or leaving a `with` block, or dropping the stream after `break`)
+    stops both threads and closes the frame source if it is a generator.
     """
 
     def __init__(
@@ -430,98 +537,21 @@ class Stream:
                 f"stream batch must be 1..{segmenter.max_batch} for this artifact, not {batch}"
             )
         self._segmenter = segmenter
-        self._frames = frames
-        self._batch = batch
-        self._color = color
-        self._drop = drop_frames
-        self._stop = threading.Event()
-        self._closed = False
-        self._prepared: queue.Queue[Any] = queue.Queue(maxsize=1 if drop_frames else max(queue_size, batch))
-        self._results: queue.Queue[Any] = queue.Queue(maxsize=max(queue_size, batch))
-        self._threads = [
-            threading.Thread(target=self._read, name="segexport-stream-read", daemon=True),
-            threading.Thread(target=self._infer, name="segexport-stream-infer", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _put(self, target: queue.Queue[Any], item: Any) -> bool:
-        """Put unless the stream is stopping; False when it stopped."""
-        while not self._stop.is_set():
-            try:
-                target.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _put_newest(self, item: Any) -> bool:
-        """drop_frames: replace a frame still waiting for inference by the newer one."""
-        while not self._stop.is_set():
-            try:
-                self._prepared.put_nowait(item)
-                return True
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._prepared.get_nowait()
-        return False
-
-    def _read(self) -> None:
-        put = self._put_newest if self._drop else (lambda item: self._put(self._prepared, item))
-        try:
-            for index, frame in enumerate(self._frames):
-                if self._stop.is_set():
-                    return
-                if not put(self._segmenter._prepare(index, frame, self._color, frame)):
-                    return
-            self._put(self._prepared, _END)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            self._put(self._prepared, _Failure(error))
-        finally:
-            close = getattr(self._frames, "close", None)
-            if close is not None and self._stop.is_set():
-                close()
-
-    def _infer(self) -> None:
-        try:
-            finished = False
-            while not finished and not self._stop.is_set():
-                batch: list[_Prepared] = []
-                while len(batch) < self._batch:
-                    item = self._get(self._prepared)
-                    if item is None:
-                        return
-                    if item is _END or isinstance(item, _Failure):
-                        finished = True
-                        break
-                    batch.append(item)
-                if batch:
-                    self._segmenter._run(batch)
-                    for prepared in batch:
-                        if not self._put(self._results, prepared):
-                            return
-                if finished:
-                    self._put(self._results, item)
-        except BaseException as error:
-            self._put(self._results, _Failure(error))
-
-    def _get(self, source: queue.Queue[Any]) -> Any:
-        while not self._stop.is_set():
-            try:
-                return source.get(timeout=0.05)
-            except queue.Empty:
-                continue
-        return None
+        self._state = "running"  # running, finished (source exhausted) or closed
+        self._workers = _Workers(segmenter, frames, batch, color, drop_frames, queue_size)
 
     def __iter__(self) -> Iterator[StreamItem]:
         return self
 
     def __next__(self) -> StreamItem:
-        if self._closed:
+        if self._state == "closed":
             raise SegexportError("this stream is closed")
-        item = self._get(self._results)
+        if self._state == "finished":
+            raise StopIteration
+        item = self._workers.get(self._workers.results)
         if item is _END:
-            self.close()
+            self._workers.stop()
+            self._state = "finished"
             raise StopIteration
         if isinstance(item, _Failure):
             self.close()
@@ -533,13 +563,9 @@ class Stream:
 
     def close(self) -> None:
         """Stop the worker threads and wait for them; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
+        if self._state != "closed":
+            self._state = "closed"
+            self._workers.stop()
 
     def __enter__(self) -> Stream:
         return self
@@ -548,5 +574,6 @@ class Stream:
         self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self._stop.set()
+        workers = getattr(self, "_workers", None)
+        if workers is not None:
+            workers.stop(wait=False)
