@@ -219,7 +219,11 @@ class Segmenter:
         directory = Path(artifact_dir)
         manifest = read_manifest(directory)
         runner, selection = select_runner(directory, manifest, backend, precision, device, threads)
-        segmenter = cls(runner, manifest, selection, resize, tta, refine, color, convert)
+        try:
+            segmenter = cls(runner, manifest, selection, resize, tta, refine, color, convert)
+        except BaseException:
+            _close_runner(runner)
+            raise
         log.info("segexport: %s", segmenter.describe())
         return segmenter
 
@@ -296,9 +300,7 @@ class Segmenter:
     def close(self) -> None:
         """Release the backend (GPU memory, CUDA streams); later calls raise."""
         runner, self._runner = self._runner, None
-        close = getattr(runner, "close", None)
-        if close is not None:
-            close()
+        _close_runner(runner)
 
     def __enter__(self) -> Segmenter:
         return self
@@ -371,6 +373,13 @@ class Segmenter:
             labels = np.argmax(self._probabilities(item), axis=0)
         item.outputs = []
         return Mask(labels.astype(dtype), self.class_names, self.palette)
+
+
+def _close_runner(runner: Runner | None) -> None:
+    """Engines hold GPU memory and a CUDA stream; ONNX Runtime sessions need no close."""
+    close = getattr(runner, "close", None)
+    if close is not None:
+        close()
 
 
 def _refiner(refine: str | DenseCRF | None) -> DenseCRF | None:
