@@ -166,7 +166,7 @@ def _write_video(
     if not output.parent.is_dir():
         raise SegexportError(f"{output.parent}: no such folder for the output")
     frames: FrameSource = open_camera(int(source), color) if kind == "camera" else open_video(Path(source))
-    order = color or frames.color
+    order = frames.color  # decoders know their order; `color` overrides a camera's only
     clock = _Clock(frames.count, progress)
 
     def picture(item: StreamItem) -> np.ndarray:
