@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -301,17 +302,18 @@ def test_stream_reraises_source_errors_in_the_caller(seg: Segmenter) -> None:
         list(seg.stream([np.full((8, 8, 3), np.nan, np.float32)]))
 
 
+def endless_frames(closed: threading.Event) -> Iterator[np.ndarray]:
+    """A long source that records being closed (generators close on GeneratorExit)."""
+    try:
+        for i in range(1000):
+            yield scene(i % 4, (64, 64))
+    finally:
+        closed.set()
+
+
 def test_stream_closes_cleanly_when_the_consumer_stops_early(seg: Segmenter) -> None:
     closed = threading.Event()
-
-    def frames() -> object:
-        try:
-            for i in range(1000):
-                yield scene(i % 4, (64, 64))
-        finally:
-            closed.set()
-
-    stream = seg.stream(frames())  # type: ignore[arg-type]
+    stream = seg.stream(endless_frames(closed))
     for item in stream:
         if item.number == 2:
             break
@@ -326,15 +328,7 @@ def test_a_stream_dropped_after_break_stops_its_threads(seg: Segmenter) -> None:
     import gc
 
     closed = threading.Event()
-
-    def frames() -> object:
-        try:
-            for i in range(1000):
-                yield scene(i % 4, (64, 64))
-        finally:
-            closed.set()
-
-    for item in seg.stream(frames()):  # type: ignore[arg-type]
+    for item in seg.stream(endless_frames(closed)):
         if item.number == 1:
             break
     gc.collect()
