@@ -17,6 +17,7 @@ import click
 from segexport import __version__
 from segexport.errors import SegexportError
 from segexport.extras import missing_extra_error
+from segexport.runtime.backends import BACKEND_NAMES as BACKEND_CHOICES
 from segexport.shapes import InputShape, parse_shape, parse_size
 
 
@@ -628,6 +629,114 @@ def verify(
             f"{len(failed)} artifact(s) differ from the reference: "
             + " | ".join(f"{a.file}: {(a.failures() or ['failed'])[0]}" for a in failed)
         )
+
+
+@main.command("run")
+@click.option(
+    "--artifacts",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Artifact directory (from segexport onnx/quantize/trt).",
+)
+@click.option(
+    "--input", "source", required=True, help="An image, a folder of images, a video file or a camera index."
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A folder (images: masks/ and overlays/) or a video file (.mp4, .mkv, ...).",
+)
+@click.option("--overlay", is_flag=True, help="Also write overlays (images) / write an overlay video.")
+@click.option("--tta", is_flag=True, help="Average over scales 0.75/1/1.25 and horizontal flips.")
+@click.option("--crf", is_flag=True, help="Refine masks with a dense-CRF approximation (slow).")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", *BACKEND_CHOICES]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True
+)
+@click.option(
+    "--resize",
+    "resize_mode",
+    type=click.Choice(["fixed", "keep-aspect", "native"]),
+    default="fixed",
+    show_default=True,
+    help="fixed: the export size; keep-aspect: scale and pad; native: pad only.",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per inference."
+)
+@click.option(
+    "--color",
+    type=click.Choice(["rgb", "bgr"]),
+    help="Colour order of camera frames [the camera library's].",
+)
+@click.option("--threads", type=int, help="CPU threads for ONNX Runtime.")
+@click.option("--device", type=int, default=0, show_default=True, help="GPU index.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    artifacts: Path,
+    source: str,
+    output: Path,
+    overlay: bool,
+    tta: bool,
+    crf: bool,
+    backend: str,
+    precision: str,
+    resize_mode: str,
+    batch: int,
+    color: str | None,
+    threads: int | None,
+    device: int,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Segment an image, a folder, a video or a camera with an artifact; masks at the input's size."""
+    from segexport.runtime.pipeline import run_media
+    from segexport.runtime.segmenter import TTA, Segmenter
+
+    ctx.meta["json"] = as_json
+    segmenter = Segmenter.load(
+        artifacts,
+        backend,
+        precision,
+        device,
+        threads,
+        resize=resize_mode,
+        tta=TTA() if tta else None,
+        refine="crf" if crf else None,
+    )
+    with segmenter:
+        _progress(segmenter.describe())
+        summary = run_media(segmenter, source, output, overlay, force, batch, color, progress=_frame_progress)
+    click.echo("", err=True)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **summary.to_dict()}, indent=2))
+    else:
+        click.echo(
+            f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps) on "
+            f"{summary.backend} {summary.precision}; wrote {summary.output}"
+        )
+
+
+def _frame_progress(done: int, total: int | None, fps: float) -> None:
+    """A progress bar on a terminal; a line every 50 frames (and at the end) in logs."""
+    tty = sys.stderr.isatty()
+    if not (tty or done == total or done % 50 == 0):
+        return
+    if total:
+        filled = 30 * done // total
+        text = f"  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} frames, {fps:.1f} fps"
+    else:
+        text = f"  {done} frames, {fps:.1f} fps"
+    click.echo(text + ("\r" if tty else "\n"), err=True, nl=False)
 
 
 @main.group()

@@ -16,14 +16,13 @@ from typing import Protocol
 import numpy as np
 
 from segexport.errors import SegexportError
+from segexport.runtime.media import list_images
 from segexport.runtime.preprocessing import read_rgb
 
 IGNORE_INDEX = 255
 SYNTHETIC_CLASSES = ("background", "stripes", "checkers", "dots", "noise", "gradient", "rings")
 # Seeds of the documented splits; each image i of a split uses seed (split_seed, i).
 SPLIT_SEEDS = {"train": 0, "calibration": 1, "eval": 2}
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -152,15 +151,6 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
 # --------------------------------------------------------------------------- folders
 
 
-def _list_images(folder: Path, what: str) -> list[Path]:
-    if not folder.is_dir():
-        raise SegexportError(f"{what} folder {folder} does not exist or is not a directory")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise SegexportError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
 def read_mask(path: Path) -> np.ndarray:
     """A palette or grayscale PNG of class indices (255 = ignore) as int64 [H, W]."""
     from PIL import Image, UnidentifiedImageError
@@ -187,8 +177,8 @@ class FolderDataset:
 
     @classmethod
     def from_dirs(cls, images_dir: Path, masks_dir: Path, class_names: Sequence[str]) -> FolderDataset:
-        images = _list_images(images_dir, "images")
-        by_stem = {p.stem: p for p in _list_images(masks_dir, "masks")}
+        images = list_images(images_dir, "images")
+        by_stem = {p.stem: p for p in list_images(masks_dir, "masks")}
         missing = [p.name for p in images if p.stem not in by_stem]
         if missing:
             raise SegexportError(f"no mask in {masks_dir} for {', '.join(missing[:5])}")
@@ -220,7 +210,7 @@ class ImageFolder:
 
     @classmethod
     def from_dir(cls, folder: Path) -> ImageFolder:
-        return cls(_list_images(folder, "calibration images"))
+        return cls(list_images(folder, "calibration images"))
 
     def __len__(self) -> int:
         return len(self.images)

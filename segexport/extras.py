@@ -13,6 +13,7 @@ from segexport.errors import SegexportError
 EXTRAS = {
     "export": ("torch", "onnx", "onnxsim", "onnxscript", "safetensors", "tqdm"),
     "trt": ("tensorrt", "cuda"),
+    "video": ("av",),
 }
 
 

@@ -22,6 +22,7 @@ from segexport.compare import OutputComparison, ShapeResult, Tolerance
 from segexport.errors import SegexportError
 from segexport.localize import Localization
 from segexport.runtime.artifacts import atomic_write
+from segexport.runtime.media import default_palette
 
 
 @dataclass
@@ -149,21 +150,6 @@ def json_safe(value: Any) -> Any:
 # --------------------------------------------------------------------------- PNG
 
 
-def palette() -> np.ndarray:
-    """256 class colours: the bits of the class index spread over the high bits of R, G and B,
-    so that neighbouring classes differ strongly (0 is black)."""
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    for index in range(256):
-        value, shift, rgb = index, 7, [0, 0, 0]
-        while value:
-            for channel in range(3):
-                rgb[channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-            shift -= 1
-        colours[index] = rgb
-    return colours
-
-
 def worst_image_panels(worst: WorstImage, preprocessing: dict[str, Any]) -> np.ndarray:
     """input | reference mask | artifact mask | disagreement (red), side by side, RGB uint8."""
     from PIL import Image
@@ -177,7 +163,7 @@ def worst_image_panels(worst: WorstImage, preprocessing: dict[str, Any]) -> np.n
     def full_size(array: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(array).resize((width, height), Image.Resampling.NEAREST))
 
-    colours = palette()
+    colours = default_palette()
     reference = full_size(colours[worst.reference.astype(np.int64) % 256])
     candidate = full_size(colours[worst.candidate.astype(np.int64) % 256])
     differs = full_size((worst.reference != worst.candidate).astype(np.uint8) * 255) > 0

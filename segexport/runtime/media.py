@@ -1,0 +1,242 @@
+"""Images and videos in and out: palettes, colourised masks, overlays, frame sources and sinks.
+
+Video goes through PyAV (the `video` extra: its wheels bundle FFmpeg with an H.264
+encoder, no system packages). OpenCV is used only when it is already importable and
+PyAV is not: a pip OpenCV on a Jetson would replace JetPack's GStreamer build, and pip's
+`opencv-python-headless` writes only MPEG-4 Part 2 (`mp4v`). Both are imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segexport.errors import SegexportError, UnavailableError, first_line
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
+VIDEO_EXTRA = "install the video extra: pip install 'segexport[video]'"
+
+
+def default_palette() -> np.ndarray:
+    """256 class colours: the bits of the class index spread over the high bits of R, G and B,
+    so that neighbouring classes differ strongly (0 is black; the PASCAL VOC scheme)."""
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        value, shift, rgb = index, 7, [0, 0, 0]
+        while value:
+            for channel in range(3):
+                rgb[channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+            shift -= 1
+        colours[index] = rgb
+    return colours
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """Class ids [H, W] -> RGB uint8 [H, W, 3] in the palette's colours."""
+    colours = default_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
+    return colours[np.asarray(mask).astype(np.int64) % len(colours)]
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, palette: np.ndarray | None = None
+) -> np.ndarray:
+    """The RGB image with the colourised mask blended over it (`alpha` = mask opacity)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise SegexportError(f"overlay alpha must be in 0..1, not {alpha}")
+    if image.shape[:2] != np.shape(mask):
+        raise SegexportError(f"image {image.shape[:2]} and mask {np.shape(mask)} differ in size")
+    blended = image.astype(np.float32) * (1 - alpha) + colorize(mask, palette).astype(np.float32) * alpha
+    return (blended + 0.5).astype(np.uint8)
+
+
+def list_images(folder: Path, what: str = "images") -> list[Path]:
+    """The image files of a folder, sorted; an error when there are none."""
+    if not folder.is_dir():
+        raise SegexportError(f"{what} folder {folder} does not exist or is not a directory")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise SegexportError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def save_mask_png(mask: np.ndarray, path: Path, palette: np.ndarray | None = None) -> None:
+    """Class ids as a palette PNG: viewers show colours, readers get the ids back exactly."""
+    from PIL import Image
+
+    if int(np.max(mask)) > 255:
+        raise SegexportError(f"{path}: a palette PNG holds up to 256 classes")
+    picture = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    colours = default_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
+    picture.putpalette(colours[:256].reshape(-1).tolist())
+    picture.save(path, format="PNG")
+
+
+def save_rgb(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="PNG")
+
+
+# --------------------------------------------------------------------------- video
+
+
+def video_library() -> str:
+    """`av` when PyAV is installed, else `cv2` when OpenCV already is; else the install hint."""
+    for name in ("av", "cv2"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    raise UnavailableError(f"reading and writing video needs PyAV; {VIDEO_EXTRA}")
+
+
+@dataclass
+class FrameSource:
+    """Frames of a video file or camera, in the colour order `color`, with what is known of them."""
+
+    frames: Iterator[np.ndarray]
+    color: str
+    fps: float
+    count: int | None
+    size: tuple[int, int] | None = None  # (H, W) when known before decoding
+
+
+def open_video(path: Path) -> FrameSource:
+    """Open a video file now (so a bad one fails before any output exists); decode lazily."""
+    if not path.is_file():
+        raise SegexportError(f"{path}: no such video file")
+    if video_library() == "av":
+        import av
+
+        try:
+            container = av.open(str(path))
+        except Exception as error:  # PyAV raises its own error types per FFmpeg error code
+            raise SegexportError(f"{path}: cannot open the video ({first_line(error)})") from error
+        if not container.streams.video:
+            container.close()
+            raise SegexportError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 30)
+        count = int(stream.frames) or None
+        return FrameSource(
+            _av_frames(container, stream, path), "rgb", fps, count, (stream.height, stream.width)
+        )
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise SegexportError(f"{path}: cannot open the video")
+    fps = float(capture.get(cv2.CAP_PROP_FPS)) or 30.0
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    return FrameSource(_cv2_frames(capture), "bgr", fps, count)
+
+
+def _av_frames(container: Any, stream: Any, path: Path) -> Iterator[np.ndarray]:
+    try:
+        for frame in container.decode(stream):
+            yield frame.to_ndarray(format="rgb24")
+    except Exception as error:
+        if isinstance(error, SegexportError):
+            raise
+        raise SegexportError(f"{path}: the video stopped decoding ({first_line(error)})") from error
+    finally:
+        container.close()
+
+
+def _cv2_frames(capture: Any) -> Iterator[np.ndarray]:
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
+
+
+def open_camera(index: int, color: str | None = None) -> FrameSource:
+    """A camera by index: OpenCV when importable (BGR frames), else PyAV's v4l2 input (RGB)."""
+    if importlib.util.find_spec("cv2") is not None:
+        import cv2
+
+        capture = cv2.VideoCapture(index)
+        if not capture.isOpened():
+            raise SegexportError(f"camera {index}: cannot be opened")
+        fps = float(capture.get(cv2.CAP_PROP_FPS)) or 30.0
+        return FrameSource(_cv2_frames(capture), color or "bgr", fps, None)
+    if importlib.util.find_spec("av") is None:
+        raise UnavailableError(f"reading a camera needs PyAV or OpenCV; {VIDEO_EXTRA}")
+    import av
+
+    device = f"/dev/video{index}"
+    try:
+        container = av.open(device, format="v4l2")
+    except Exception as error:
+        raise SegexportError(f"camera {index} ({device}): cannot be opened ({first_line(error)})") from error
+    stream = container.streams.video[0]
+    return FrameSource(
+        _av_frames(container, stream, Path(device)), color or "rgb", float(stream.average_rate or 30), None
+    )
+
+
+class VideoWriter:
+    """H.264 (PyAV) or mp4v (OpenCV) video from RGB frames; odd sizes are padded to even (4:2:0)."""
+
+    def __init__(self, path: Path, fps: float, container_format: str) -> None:
+        self._library = video_library()
+        self._path = path
+        self._fps = fps
+        self._format = container_format
+        self._writer: Any = None
+        self._stream: Any = None
+        self._opencv_path = path.with_name(path.name + ".mp4")
+
+    def _open(self, height: int, width: int) -> None:
+        if self._library == "av":
+            import av
+
+            self._writer = av.open(str(self._path), mode="w", format=self._format)
+            codec = next(c for c in ("libx264", "h264", "mpeg4") if c in av.codecs_available)
+            self._stream = self._writer.add_stream(codec, rate=Fraction(self._fps).limit_denominator(1001))
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = "yuv420p"
+        else:
+            import cv2
+
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            # OpenCV picks the container by suffix, and temp files have none.
+            self._writer = cv2.VideoWriter(str(self._opencv_path), fourcc, self._fps, (width, height))
+            if not self._writer.isOpened():
+                raise SegexportError(f"{self._path}: OpenCV cannot write this video")
+
+    def write(self, rgb: np.ndarray) -> None:
+        height, width = rgb.shape[:2]
+        even = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        if self._writer is None:
+            self._open(*even.shape[:2])
+        if self._library == "av":
+            import av
+
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(even, format="rgb24")):
+                self._writer.mux(packet)
+        else:
+            self._writer.write(np.ascontiguousarray(even[..., ::-1]))
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        if self._library == "av":
+            for packet in self._stream.encode():
+                self._writer.mux(packet)
+            self._writer.close()
+        else:
+            self._writer.release()
+            os.replace(self._opencv_path, self._path)
+        self._writer = None

@@ -1,0 +1,194 @@
+"""What `segexport run` does: a `Segmenter` over an image, a folder, a video or a camera, into files.
+
+Outputs appear whole or not at all: image masks are written into a hidden staging
+directory that is renamed into place at the end, videos into a temp file that is renamed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segexport.errors import SegexportError
+from segexport.runtime.artifacts import atomic_write, staged_directory
+from segexport.runtime.media import (
+    IMAGE_SUFFIXES,
+    VIDEO_FORMATS,
+    FrameSource,
+    VideoWriter,
+    list_images,
+    open_camera,
+    open_video,
+    save_mask_png,
+    save_rgb,
+)
+from segexport.runtime.preprocessing import read_rgb
+from segexport.runtime.segmenter import Segmenter, StreamItem
+
+# done, total (None: unknown), frames per second so far
+Progress = Callable[[int, "int | None", float], None]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    input: str
+    kind: str  # image, folder, video or camera
+    output: str
+    frames: int
+    seconds: float
+    backend: str
+    precision: str
+    description: str
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fps": round(self.fps, 2)}
+
+
+def input_kind(source: str) -> str:
+    """image, folder, video or camera (a bare number is a camera index)."""
+    if source.isdigit():
+        return "camera"
+    path = Path(source)
+    if path.is_dir():
+        return "folder"
+    if not path.exists():
+        raise SegexportError(f"{source}: no such file, folder or camera index")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in VIDEO_FORMATS:
+        return "video"
+    raise SegexportError(
+        f"{source}: not an image ({', '.join(IMAGE_SUFFIXES)}) or video ({', '.join(VIDEO_FORMATS)})"
+    )
+
+
+class _Clock:
+    def __init__(self, total: int | None, progress: Progress | None) -> None:
+        self.total, self.progress, self.done = total, progress, 0
+        self.started = time.perf_counter()
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, self.done / max(self.elapsed, 1e-9))
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def run_media(
+    segmenter: Segmenter,
+    source: str,
+    output: Path,
+    overlay: bool = False,
+    force: bool = False,
+    batch: int = 1,
+    color: str | None = None,
+    progress: Progress | None = None,
+    alpha: float = 0.5,
+) -> RunSummary:
+    """Segment `source` into `output`: a folder of palette PNG masks (and overlays) for images,
+    a colourised mask video or an overlay video for videos and cameras."""
+    kind = input_kind(source)
+    if kind in ("image", "folder"):
+        paths = [Path(source)] if kind == "image" else list_images(Path(source))
+        clock = _write_images(segmenter, paths, output, overlay, force, batch, progress, alpha)
+    else:
+        clock = _write_video(segmenter, source, kind, output, overlay, force, batch, color, progress, alpha)
+    return RunSummary(
+        source,
+        kind,
+        str(output),
+        clock.done,
+        round(clock.elapsed, 3),
+        segmenter.backend,
+        segmenter.precision,
+        segmenter.describe(),
+    )
+
+
+def _write_images(
+    segmenter: Segmenter,
+    paths: list[Path],
+    output: Path,
+    overlay: bool,
+    force: bool,
+    batch: int,
+    progress: Progress | None,
+    alpha: float,
+) -> _Clock:
+    names = [f"{path.stem}.png" for path in paths]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise SegexportError(f"images share a name and would write the same mask: {', '.join(clashes[:5])}")
+    clock = _Clock(len(paths), progress)
+    with staged_directory(output, force) as staging:
+        (staging / "masks").mkdir()
+        if overlay:
+            (staging / "overlays").mkdir()
+        with segmenter.stream((read_rgb(path) for path in paths), batch=batch, color="rgb") as stream:
+            for item in stream:
+                save_mask_png(item.mask, staging / "masks" / names[item.number], segmenter.palette)
+                if overlay:
+                    save_rgb(item.mask.overlay(item.frame, alpha), staging / "overlays" / names[item.number])
+                clock.tick()
+    return clock
+
+
+def _write_video(
+    segmenter: Segmenter,
+    source: str,
+    kind: str,
+    output: Path,
+    overlay: bool,
+    force: bool,
+    batch: int,
+    color: str | None,
+    progress: Progress | None,
+    alpha: float,
+) -> _Clock:
+    container_format = VIDEO_FORMATS.get(output.suffix.lower())
+    if container_format is None:
+        raise SegexportError(f"{output}: a video output needs one of the suffixes {', '.join(VIDEO_FORMATS)}")
+    if output.exists() and not force:
+        raise SegexportError(f"{output} already exists; pass --force to replace it")
+    if not output.parent.is_dir():
+        raise SegexportError(f"{output.parent}: no such folder for the output")
+    frames: FrameSource = open_camera(int(source), color) if kind == "camera" else open_video(Path(source))
+    order = frames.color  # decoders know their order; `color` overrides a camera's only
+    clock = _Clock(frames.count, progress)
+
+    def picture(item: StreamItem) -> np.ndarray:
+        if not overlay:
+            return item.mask.colorize()
+        rgb = item.frame[..., ::-1] if order == "bgr" else item.frame
+        return item.mask.overlay(rgb, alpha)
+
+    def write(temp: Path) -> None:
+        writer = VideoWriter(temp, frames.fps, container_format)
+        try:
+            with segmenter.stream(frames.frames, batch=batch, color=order) as stream:
+                for item in stream:
+                    writer.write(picture(item))
+                    clock.tick()
+        except KeyboardInterrupt:
+            if kind != "camera":
+                raise  # a camera runs until stopped; a file stopped half-way is not an output
+        finally:
+            writer.close()
+        if clock.done == 0:
+            raise SegexportError(f"{source}: no frames could be read")
+
+    atomic_write(output, write, force=force)
+    return clock
