@@ -81,7 +81,9 @@ def test_a_silent_fallback_to_the_cpu_is_caught(
     if "CUDAExecutionProvider" in real:
         pytest.skip("this machine has the CUDA provider")
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
-    with pytest.raises(UnavailableError, match="fell back to CPUExecutionProvider"):
+    with pytest.raises(
+        UnavailableError, match="gave the session CPUExecutionProvider instead of CUDAExecutionProvider"
+    ):
         Segmenter.load(small_artifact, backend="onnxruntime-cuda")
     assert Segmenter.load(small_artifact).backend == "onnxruntime-cpu"
 

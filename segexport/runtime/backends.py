@@ -11,6 +11,7 @@ are checked after it is created).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,27 +75,41 @@ def _provider_unavailable(provider: str) -> Callable[[], str | None]:
     return check
 
 
-def _ort_opener(provider: str) -> Callable[[Path, str, dict[str, Any], int, int | None], Runner]:
-    def open_onnx(
-        directory: Path, file_name: str, manifest: dict[str, Any], device: int, threads: int | None
-    ) -> Runner:
-        path = vouched_path(directory, file_name, manifest)
-        providers: list[str | tuple[str, dict[str, Any]]] = []
-        if provider != "CPUExecutionProvider":
-            providers.append((provider, {"device_id": device}))
-        if provider == "TensorrtExecutionProvider":  # TensorRT EP hands unsupported nodes to CUDA
-            providers.append(("CUDAExecutionProvider", {"device_id": device}))
-        providers.append("CPUExecutionProvider")
-        runner = OnnxRuntimeRunner(path, threads=threads, providers=providers)
-        active = runner.session.get_providers()
-        if provider not in active:
-            raise UnavailableError(
-                f"ONNX Runtime created the session without {provider} (it fell back to "
-                f"{', '.join(active)}; usually a CUDA/cuDNN/TensorRT library that did not load)"
-            )
-        return runner
+def _open_ort_cpu(
+    directory: Path, file_name: str, manifest: dict[str, Any], _device: int, threads: int | None
+) -> Runner:
+    return OnnxRuntimeRunner(vouched_path(directory, file_name, manifest), threads=threads)
 
-    return open_onnx
+
+def _open_ort_cuda(
+    directory: Path, file_name: str, manifest: dict[str, Any], device: int, threads: int | None
+) -> Runner:
+    from segexport.runtime.ort_gpu import OrtCudaRunner  # refuses a silent CPU fallback
+
+    return OrtCudaRunner(vouched_path(directory, file_name, manifest), device_id=device, threads=threads)
+
+
+def _open_ort_tensorrt(
+    directory: Path, file_name: str, manifest: dict[str, Any], device: int, threads: int | None
+) -> Runner:
+    from segexport.runtime.engine import current_gpu
+    from segexport.runtime.ort_gpu import OrtTensorRTRunner  # refuses a silent CPU fallback
+
+    try:  # the engine cache is keyed by the GPU model; without cuda-python, by the device index
+        gpu = current_gpu(device).name
+    except UnavailableError:
+        gpu = f"cuda-device-{device}"
+    path = vouched_path(directory, file_name, manifest)
+    return OrtTensorRTRunner(
+        path, manifest, cache_root=ORT_TENSORRT_CACHE, gpu=gpu, device_id=device, threads=threads
+    )
+
+
+# Where ONNX Runtime's TensorRT provider keeps the engines it builds (minutes each): per user,
+# keyed inside by model, versions and GPU (segexport.runtime.ort_gpu.engine_cache_key).
+ORT_TENSORRT_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segexport" / "ort-tensorrt"
+)
 
 
 BACKENDS: tuple[Backend, ...] = (
@@ -111,21 +126,21 @@ BACKENDS: tuple[Backend, ...] = (
         ONNX_FILES.__getitem__,
         ("fp16", "fp32", "int8"),
         _provider_unavailable("TensorrtExecutionProvider"),
-        _ort_opener("TensorrtExecutionProvider"),
+        _open_ort_tensorrt,
     ),
     Backend(
         "onnxruntime-cuda",
         ONNX_FILES.__getitem__,
         ("fp16", "fp32", "int8"),
         _provider_unavailable("CUDAExecutionProvider"),
-        _ort_opener("CUDAExecutionProvider"),
+        _open_ort_cuda,
     ),
     Backend(
         "onnxruntime-cpu",
         ONNX_FILES.__getitem__,
         ("fp32", "int8", "fp16"),  # FP16 kernels are slow on CPUs; FP32 is the exact one
         lambda: None,
-        _ort_opener("CPUExecutionProvider"),
+        _open_ort_cpu,
     ),
 )
 BACKEND_NAMES = tuple(backend.name for backend in BACKENDS)
