@@ -60,3 +60,49 @@ def resize(array: np.ndarray, size: tuple[int, int], labels: bool = False) -> np
         resized = Image.fromarray(array.astype(np.int32)).resize((size[1], size[0]), Image.Resampling.NEAREST)
         return np.asarray(resized).astype(np.int64)
     return np.asarray(Image.fromarray(array).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def _bilinear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour indices and weights along one axis, half-pixel centres (align_corners=False)."""
+    # float32 throughout, as PyTorch computes the source positions.
+    scale = np.float32(source / target)
+    position = (np.arange(target, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    position = np.clip(position, 0, source - 1)
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, source - 1)
+    return low, high, position - low.astype(np.float32)
+
+
+def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Logits [..., h, w] resized bilinearly to `size` (H, W), as float32.
+
+    Scores are resized before the argmax, never the label map. The convention is PyTorch's
+    `interpolate(mode="bilinear", align_corners=False)`, the one the zoo's heads upsample with,
+    and numpy alone computes it, so the same function runs inside Triton's Python backend.
+    """
+    values = np.asarray(logits, dtype=np.float32)
+    if values.shape[-2:] == tuple(size):
+        return values
+    rows_low, rows_high, row_weight = _bilinear_taps(values.shape[-2], size[0])
+    cols_low, cols_high, col_weight = _bilinear_taps(values.shape[-1], size[1])
+    row_weight = row_weight[:, None]
+    rows = values[..., rows_low, :] * (1 - row_weight) + values[..., rows_high, :] * row_weight
+    return rows[..., cols_low] * (1 - col_weight) + rows[..., cols_high] * col_weight
+
+
+def logits_to_mask(logits: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Logits [N, C, h, w] -> class ids [N, H, W] at `size` (default: the logits' own size).
+
+    Many channels are class scores (argmax); one channel is binary mask logits (> 0). The
+    ids are uint8 when they fit, else uint16.
+    """
+    if logits.ndim != 4:
+        raise SegexportError(f"expected logits [N, C, H, W], got shape {tuple(logits.shape)}")
+    scores = resize_logits(logits, size) if size is not None else logits
+    labels = scores[:, 0] > 0 if scores.shape[1] == 1 else scores.argmax(axis=1)
+    return labels.astype(mask_dtype(logits.shape[1]))
+
+
+def mask_dtype(channels: int) -> np.dtype:
+    """The smallest unsigned type that holds every class id of a `channels`-channel output."""
+    return np.dtype(np.uint8 if channels <= 256 else np.uint16)
