@@ -14,6 +14,7 @@ EXTRAS = {
     "export": ("torch", "onnx", "onnxsim", "onnxscript", "safetensors", "tqdm"),
     "trt": ("tensorrt", "cuda"),
     "video": ("av",),
+    "triton": ("tritonclient",),
 }
 
 
