@@ -177,6 +177,13 @@ def test_an_engine_becomes_a_tensorrt_plan(engine_artifact: Path, tmp_path: Path
     assert check_repository(tmp_path) == []
 
 
+def test_cuda_graphs_without_batching_use_batch_size_zero(engine_artifact: Path, tmp_path: Path) -> None:
+    write(engine_artifact, tmp_path, format="engine", cuda_graphs=True, max_batch=0)
+    (spec,) = config_of(tmp_path, "unet-small-plan-fp16")["optimization"]["cuda"]["graph_spec"]
+    assert spec == {"input": {"image": {"dim": ["1", "3", "64", "64"]}}}  # batch_size 0 is the default
+    assert check_repository(tmp_path) == []
+
+
 def test_a_version_compatible_engine_says_which_server_option_it_needs(
     engine_artifact: Path, tmp_path: Path
 ) -> None:

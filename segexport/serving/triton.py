@@ -509,11 +509,17 @@ def _export_dim(manifest: dict[str, Any], index: int) -> int:
 
 
 def _graph_specs(request: TritonRequest, served: Served, max_batch: int) -> list[dict[str, Any]]:
-    """One CUDA graph per batch size Triton will mostly run, at the served size (graphs are per shape)."""
+    """One CUDA graph per batch size Triton will mostly run, at the served size (graphs are per shape).
+
+    Without batching (max_batch_size 0) Triton wants one graph of batch_size 0, whose shape
+    then includes the model's own batch axis (model_config.proto, GraphSpec.batch_size).
+    """
     size = served_size(request, served)
     entry = served.manifest["inputs"][0]
-    batches = sorted({1, *request.preferred_batch, max(max_batch, 1)})
-    dims = [*entry["shape"][1:2], *size] if max_batch > 0 else [1, *entry["shape"][1:2], *size]
+    if max_batch == 0:
+        return [{"batch_size": 0, "input": {entry["name"]: {"dim": [1, *entry["shape"][1:2], *size]}}}]
+    batches = sorted({1, *request.preferred_batch, max_batch})
+    dims = [*entry["shape"][1:2], *size]
     return [{"batch_size": batch, "input": {entry["name"]: {"dim": dims}}} for batch in batches]
 
 
@@ -702,6 +708,8 @@ def check_model(repo: Path, name: str, config: dict[str, Any]) -> list[str]:
         return [f"no {model_file.relative_to(repo / name)}"]
     if kind == "python":
         return []
+    if not (repo / name / SIDECAR).is_file():
+        return [f"no {SIDECAR}: not written by segexport triton, so not checked"]
     sidecar = json.loads((repo / name / SIDECAR).read_text())
     problems = check_batch(config, sidecar)
     if kind == "onnxruntime":
