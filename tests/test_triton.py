@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from segexport.cli import main
 from segexport.data import render_scene
-from segexport.errors import UnavailableError
+from segexport.errors import SegexportError
 from segexport.export import ExportRequest, export_onnx
 from segexport.quantize import QuantizeRequest, quantize_artifact
 from segexport.runtime import open_artifact, preprocess, resize
@@ -40,10 +40,10 @@ from tests.triton.fake_pb_utils import InferenceRequest, Tensor
 try:
     model_config_module()
     MISSING = None
-except UnavailableError as error:
+except SegexportError as error:
     MISSING = str(error)
 
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"{MISSING} (the dev extra installs it)")
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"{MISSING} (the dev extra includes it)")
 
 SERVED = (64, 64)
 

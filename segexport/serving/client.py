@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from segexport.errors import SegexportError, UnavailableError, first_line
+from segexport.extras import missing_extra_error
 from segexport.runtime.preprocessing import read_rgb
 
 
@@ -23,10 +24,11 @@ class TritonSegmenter:
     def __init__(self, model: str, url: str = "localhost:8001", timeout_s: float | None = 30.0) -> None:
         try:
             import tritonclient.grpc as grpcclient
-        except ImportError as error:
-            raise UnavailableError(
-                f"tritonclient is not importable ({first_line(error)}); pip install 'segexport[triton]'"
-            ) from error
+        except ModuleNotFoundError as error:
+            missing = missing_extra_error(error)
+            if missing is None:
+                raise
+            raise missing from error
         self._grpc = grpcclient
         self.model = model
         self.url = url

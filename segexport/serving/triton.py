@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segexport.errors import SegexportError, UnavailableError, first_line
+from segexport.errors import SegexportError, first_line
+from segexport.extras import missing_extra_error
 from segexport.runtime.artifacts import (
     check_writable_target,
     read_manifest,
@@ -117,13 +118,13 @@ def model_config_module() -> Any:
     """Triton's `model_config_pb2`, or a one-line reason why it can't be imported."""
     try:
         from tritonclient.grpc import model_config_pb2
-    except ImportError as error:
-        raise UnavailableError(
-            f"Triton's ModelConfig schema is not importable ({first_line(error)}); "
-            "pip install 'segexport[triton]'"
-        ) from error
+    except ModuleNotFoundError as error:
+        missing = missing_extra_error(error)
+        if missing is None:
+            raise
+        raise missing from error
     except Exception as error:  # protobuf's VersionError: the gencode needs protobuf >= 6.33.5
-        raise UnavailableError(
+        raise SegexportError(
             f"tritonclient's model_config_pb2 does not load with this protobuf ({first_line(error)}); "
             "pip install 'protobuf>=6.33.5'"
         ) from error
@@ -187,6 +188,7 @@ def write_repository(request: TritonRequest, progress: Progress | None = None) -
     sibling and renamed into place, and an existing one is replaced only with `force`.
     """
     say = progress or (lambda _message: None)
+    model_config_module()  # before any work: the schema every config is checked against
     if request.format not in FORMATS:
         raise SegexportError(f"unknown format {request.format!r}; choose from {', '.join(FORMATS)}")
     manifest = read_manifest(request.artifacts)
@@ -688,7 +690,7 @@ def check_repository(repo: Path, names: Iterable[str] | None = None) -> list[str
         path = repo / name / "config.pbtxt"
         try:
             configs[name] = parse_config(path.read_text())
-        except UnavailableError:
+        except SegexportError:
             raise
         except Exception as error:  # text_format.ParseError, OSError
             problems.append(f"{path}: {first_line(error)}")
