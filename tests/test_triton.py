@@ -25,6 +25,7 @@ from segexport.quantize import QuantizeRequest, quantize_artifact
 from segexport.runtime import open_artifact, preprocess, resize
 from segexport.runtime.artifacts import describe_files, read_manifest, sha256_file, write_json_atomic
 from segexport.runtime.preprocessing import logits_to_mask
+from segexport.serving import triton
 from segexport.serving.triton import (
     ORT_TENSORRT_KEYS,
     TritonRequest,
@@ -317,6 +318,23 @@ def test_refuses_to_replace_a_model_version_without_force(artifact: Path, tmp_pa
         "seg_postprocess",
         "seg_preprocess",
     ]
+
+
+def test_a_failure_while_writing_leaves_the_repository_as_it_was(
+    artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(artifact, tmp_path, name="seg")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def fail(_version: Path, _source: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(triton, "_python_model", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write(artifact, tmp_path, name="seg", ensemble=True, max_batch=2, force=True)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg"]  # no staging directories left
 
 
 @pytest.mark.parametrize("name", ["../escape", "my model", ".hidden", "a/b", ""])

@@ -14,6 +14,7 @@ keys against the ONNX Runtime backend's list, and the ensemble's wiring.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -216,16 +217,19 @@ def write_repository(request: TritonRequest, progress: Progress | None = None) -
 
     sidecar = sidecar_record(request, served, max_batch)
     written = []
-    for model_name, (config, files) in models.items():
-        say(f"writing {request.repo / model_name}")
-        text = render_config(config)
-        with staged_directory(request.repo / model_name, request.force) as staging:
+    # Every model directory is staged before any is renamed into place: an error while
+    # writing one leaves the repository as it was.
+    with contextlib.ExitStack() as stack:
+        for model_name, (config, files) in models.items():
+            say(f"writing {request.repo / model_name}")
+            text = render_config(config)
+            staging = stack.enter_context(staged_directory(request.repo / model_name, request.force))
             (staging / "config.pbtxt").write_text(text)
             (staging / VERSION).mkdir()
             files(staging / VERSION)
             if model_name == name:
                 (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
-        written.append({"name": model_name, "config": text})
+            written.append({"name": model_name, "config": text})
     problems = check_repository(request.repo, [m["name"] for m in written])
     if problems:
         raise SegexportError(f"{request.repo}: the written repository fails its check: {problems[0]}")
