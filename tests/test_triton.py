@@ -137,6 +137,7 @@ def test_onnx_fp16_with_the_tensorrt_accelerator(artifact: Path, tmp_path: Path)
     copied = tmp_path / name / "1" / "model.onnx"
     assert sha256_file(copied) == read_manifest(artifact)["files"]["model.fp16.onnx"]["sha256"]
     assert [m["name"] for m in summary["models"]] == [name]
+    assert "/tmp/triton-ort-trt-cache/unet-small-onnx-fp16" in summary["notes"][0]
     assert check_repository(tmp_path) == []
 
 

@@ -207,7 +207,17 @@ def write_repository(request: TritonRequest, progress: Progress | None = None) -
             lambda version: _copy_model(source, version / network_file(network), manifest, served),
         )
     }
+    if request.ort_trt is not None:
+        served.notes.append(
+            "the TensorRT accelerator builds its engine when the model loads (minutes) and caches it under "
+            f"/tmp/triton-ort-trt-cache/{name} on the server; Triton for Jetson has no TensorRT accelerator "
+            "(serve an engine there)"
+        )
     if request.ensemble:
+        served.notes.append(
+            f"{name}_preprocess resizes with Pillow: the server's Python needs numpy and pillow "
+            "(pip install pillow in the Triton container)"
+        )
         size = served_size(request, served)
         for step_name, config, files in ensemble_configs(name, request, served, size):
             models[step_name] = (config, files)
