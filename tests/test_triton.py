@@ -24,7 +24,7 @@ from segexport.export import ExportRequest, export_onnx
 from segexport.quantize import QuantizeRequest, quantize_artifact
 from segexport.runtime import open_artifact, preprocess, resize
 from segexport.runtime.artifacts import describe_files, read_manifest, sha256_file, write_json_atomic
-from segexport.runtime.preprocessing import logits_to_mask
+from segexport.runtime.geometry import logits_to_mask
 from segexport.serving import triton
 from segexport.serving.triton import (
     ORT_TENSORRT_KEYS,
@@ -416,7 +416,7 @@ def test_the_python_steps_give_the_runtimes_masks(
         served = post_out.output("MASK")
 
         tensor = preprocess(resize(image, SERVED), processing["mean"], processing["std"], processing["scale"])
-        expected = logits_to_mask(runner.infer({"image": tensor})["logits"], (height, width))[0]
+        expected = logits_to_mask(runner.infer({"image": tensor})["logits"][0], (height, width))
         assert served.shape == (height, width) and served.dtype == np.uint8
         np.testing.assert_array_equal(served, expected)
         classes |= set(np.unique(served).tolist())
@@ -440,15 +440,15 @@ def test_the_repository_carries_the_runtime_code_it_runs(artifact: Path, tmp_pat
     package = Path(__file__).resolve().parents[1] / "segexport"
     for step in ("seg_preprocess", "seg_postprocess"):
         version = tmp_path / step / "1"
-        for relative in ("errors.py", "runtime/preprocessing.py"):
+        for relative in ("errors.py", "runtime/preprocessing.py", "runtime/geometry.py"):
             assert (version / "segexport" / relative).read_bytes() == (package / relative).read_bytes()
         code = (
             f"import sys; sys.path.insert(0, {str(version)!r})\n"
-            "import numpy as np, segexport.runtime.preprocessing as p\n"
+            "import numpy as np, segexport.runtime.geometry as p\n"
             f"assert p.__file__.startswith({str(version)!r}), p.__file__\n"
-            "print(p.logits_to_mask(np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2), (3, 3)).tolist())\n"
+            "print(p.logits_to_mask(np.arange(8, dtype=np.float32).reshape(2, 2, 2), (3, 3)).tolist())\n"
         )
         result = subprocess.run(
             [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
         )
-        assert result.stdout.strip() == str([[[1, 1, 1]] * 3])
+        assert result.stdout.strip() == str([[1, 1, 1]] * 3)

@@ -31,7 +31,7 @@ from segexport.data import render_scene
 from segexport.export import ExportRequest, export_onnx
 from segexport.quantize import QuantizeRequest, quantize_artifact
 from segexport.runtime import open_artifact, preprocess, resize
-from segexport.runtime.preprocessing import logits_to_mask
+from segexport.runtime.geometry import logits_to_mask
 from segexport.serving.triton import TritonRequest, parse_config, render_config, write_repository
 
 pytestmark = pytest.mark.triton
@@ -195,7 +195,7 @@ def test_the_ensemble_serves_the_runtimes_masks(artifact: Path, server: tuple[st
     processing = manifest["preprocessing"]
     for image, mask in zip(images, masks, strict=True):
         tensor = preprocess(resize(image, SERVED), processing["mean"], processing["std"], processing["scale"])
-        expected = logits_to_mask(runner.infer({"image": tensor})["logits"], image.shape[:2])[0]
+        expected = logits_to_mask(runner.infer({"image": tensor})["logits"][0], image.shape[:2])
         assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
         np.testing.assert_array_equal(mask, expected)
     assert len(set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist())) >= 3

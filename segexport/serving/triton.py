@@ -32,7 +32,7 @@ from segexport.runtime.artifacts import (
     staged_directory,
     vouched_path,
 )
-from segexport.runtime.preprocessing import mask_dtype
+from segexport.runtime.geometry import mask_dtype
 
 FORMATS = {
     "onnx-fp32": "model.onnx",
@@ -110,7 +110,7 @@ SIDECAR = "segexport.json"
 VERSION = "1"
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt_plan": "model.plan", "python": "model.py"}
 # What the Python-backend steps need of segexport, copied beside their model.py (see _vendor_runtime).
-_VENDORED = ("errors.py", "runtime/preprocessing.py")
+_VENDORED = ("errors.py", "runtime/preprocessing.py", "runtime/geometry.py")
 
 Progress = Callable[[str], None]
 

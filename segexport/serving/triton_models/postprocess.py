@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from segexport.runtime.preprocessing import logits_to_mask
+from segexport.runtime.geometry import logits_to_mask
 
 
 class TritonPythonModel:
@@ -22,6 +22,6 @@ class TritonPythonModel:
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, "NETWORK_OUTPUT").as_numpy()
             height, width = pb_utils.get_input_tensor_by_name(request, "ORIGINAL_SIZE").as_numpy().tolist()
-            mask = logits_to_mask(np.asarray(logits, dtype=np.float32), (height, width))[0]
+            mask = logits_to_mask(np.asarray(logits, dtype=np.float32)[0], (height, width))
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("MASK", mask)]))
         return responses
