@@ -14,21 +14,15 @@ from typing import Any
 import numpy as np
 
 from segexport.errors import SegexportError, UnavailableError, first_line
-from segexport.extras import missing_extra_error
 from segexport.runtime.preprocessing import read_rgb
+from segexport.serving.triton import import_tritonclient
 
 
 class TritonSegmenter:
     """Masks from `MODEL_ensemble` on a Triton server; one gRPC channel, safe to share across threads."""
 
     def __init__(self, model: str, url: str = "localhost:8001", timeout_s: float | None = 30.0) -> None:
-        try:
-            import tritonclient.grpc as grpcclient
-        except ModuleNotFoundError as error:
-            missing = missing_extra_error(error)
-            if missing is None:
-                raise
-            raise missing from error
+        grpcclient = import_tritonclient("tritonclient.grpc")
         self._grpc = grpcclient
         self.model = model
         self.url = url

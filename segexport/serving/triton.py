@@ -15,6 +15,7 @@ keys against the ONNX Runtime backend's list, and the ensemble's wiring.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import re
 import shutil
@@ -115,21 +116,28 @@ _VENDORED = ("errors.py", "runtime/preprocessing.py", "runtime/geometry.py")
 Progress = Callable[[str], None]
 
 
-def model_config_module() -> Any:
-    """Triton's `model_config_pb2`, or a one-line reason why it can't be imported."""
+def import_tritonclient(module: str) -> Any:
+    """A `tritonclient` module, or the one-line 'triton' extra error when it is not installed."""
     try:
-        from tritonclient.grpc import model_config_pb2
+        return importlib.import_module(module)
     except ModuleNotFoundError as error:
         missing = missing_extra_error(error)
         if missing is None:
             raise
         raise missing from error
+
+
+def model_config_module() -> Any:
+    """Triton's `model_config_pb2`, or a one-line reason why it can't be imported."""
+    try:
+        return import_tritonclient("tritonclient.grpc.model_config_pb2")
+    except SegexportError:
+        raise
     except Exception as error:  # protobuf's VersionError: the gencode needs protobuf >= 6.33.5
         raise SegexportError(
             f"tritonclient's model_config_pb2 does not load with this protobuf ({first_line(error)}); "
             "pip install 'protobuf>=6.33.5'"
         ) from error
-    return model_config_pb2
 
 
 def render_config(config: dict[str, Any]) -> str:
