@@ -24,7 +24,7 @@ else
 INSTALLED = .cache/installed$(subst /,_,$(PYTHON))
 endif
 
-.PHONY: install demo test test-fast lint typecheck typecheck-trt bench demo-checkpoints clean distclean
+.PHONY: install demo test test-fast test-triton lint typecheck typecheck-trt bench demo-checkpoints clean distclean
 
 install:
 	rm -f $(INSTALLED)
@@ -60,6 +60,19 @@ test: $(INSTALLED)
 
 test-fast: $(INSTALLED)
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
+
+# A real Triton server (2.51, the one PyTriton's wheel bundles: Python backend only, CPU) serving
+# a generated ensemble on loopback. Its Python-backend stub needs numpy < 2, hence its own venv;
+# the network runs as a Python-backend stand-in with ONNX Runtime (no onnxruntime backend there).
+PYTRITON_VENV ?= .venv-pytriton
+
+$(PYTRITON_VENV)/.installed:
+	$(BASE_PYTHON) -m venv $(PYTRITON_VENV)
+	$(PYTRITON_VENV)/bin/pip install --quiet "nvidia-pytriton==0.7.0" "numpy<2" pillow onnxruntime
+	@touch $@
+
+test-triton: $(INSTALLED) $(PYTRITON_VENV)/.installed
+	SEGEXPORT_PYTRITON_VENV=$(abspath $(PYTRITON_VENV)) $(PYTHON) -m pytest -n 0 -m triton tests/test_triton_server.py
 
 lint: $(INSTALLED)
 	$(PYTHON) -m ruff check segexport tests tools

@@ -739,6 +739,93 @@ def _frame_progress(done: int, total: int | None, fps: float) -> None:
     click.echo(text + ("\r" if tty else "\n"), err=True, nl=False)
 
 
+@main.command()
+@click.option("--artifacts", type=click.Path(path_type=Path), required=True, help="Artifact directory.")
+@click.option("--repo", type=click.Path(path_type=Path), required=True, help="Triton model repository.")
+@click.option("--name", help="Model name [MODEL-FORMAT, e.g. segformer-b0-onnx-fp16].")
+@click.option(
+    "--format",
+    "format_name",
+    type=click.Choice(["onnx-fp32", "onnx-fp16", "onnx-int8", "engine"]),
+    default="onnx-fp32",
+    show_default=True,
+    help="Which artifact file to serve (ONNX Runtime backend, or TensorRT plan).",
+)
+@click.option("--engine", help="Engine file when the artifact has several (e.g. model.fp16.engine).")
+@click.option("--max-batch", type=int, help="max_batch_size [the artifact's or profile's largest batch].")
+@click.option("--instances", type=int, default=1, show_default=True, help="Model instances per device.")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True)
+@click.option("--dynamic-batching", is_flag=True, help="Let Triton combine requests into batches.")
+@click.option("--preferred-batch", help="Preferred batch sizes, e.g. 4,8 (implies --dynamic-batching).")
+@click.option("--max-queue-delay-us", type=int, help="How long a request may wait for a batch (implies it).")
+@click.option(
+    "--ort-trt",
+    type=click.Choice(["fp16", "int8"]),
+    help="ONNX Runtime's TensorRT accelerator at this precision (int8: the Q/DQ model.int8.onnx).",
+)
+@click.option("--cuda-graphs", is_flag=True, help="CUDA graphs for a plan, at the served size.")
+@click.option("--ensemble", is_flag=True, help="Add Python pre/post-processing: raw images in, masks out.")
+@click.option("--size", callback=_size, help="HxW the ensemble resizes images to [the export size].")
+@click.option("--force", is_flag=True, help="Replace existing model directories.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def triton(
+    ctx: click.Context,
+    artifacts: Path,
+    repo: Path,
+    name: str | None,
+    format_name: str,
+    engine: str | None,
+    max_batch: int | None,
+    instances: int,
+    kind: str,
+    dynamic_batching: bool,
+    preferred_batch: str | None,
+    max_queue_delay_us: int | None,
+    ort_trt: str | None,
+    cuda_graphs: bool,
+    ensemble: bool,
+    size: tuple[int, int] | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """A Triton Inference Server model repository for an artifact, checked offline."""
+    from segexport.serving.triton import TritonRequest, write_repository
+
+    ctx.meta["json"] = as_json
+    try:
+        preferred = tuple(int(part) for part in (preferred_batch or "").split(",") if part.strip())
+    except ValueError:
+        raise SegexportError(f"--preferred-batch {preferred_batch!r}: give sizes like 4,8") from None
+    request = TritonRequest(
+        artifacts=artifacts,
+        repo=repo,
+        name=name,
+        format=format_name,
+        engine=engine,
+        max_batch=max_batch,
+        instances=instances,
+        kind=kind,
+        dynamic_batching=dynamic_batching,
+        preferred_batch=preferred,
+        max_queue_delay_us=max_queue_delay_us,
+        ort_trt=ort_trt,
+        cuda_graphs=cuda_graphs,
+        ensemble=ensemble,
+        size=size,
+        force=force,
+    )
+    summary = write_repository(request, progress=_progress)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **summary}, indent=2))
+        return
+    for model in summary["models"]:
+        click.echo(f"wrote {Path(summary['repository']) / model['name']}")
+    click.echo(f"checked: {summary['checked']}")
+    for note in summary["notes"]:
+        click.echo(f"note: {note}")
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print tables (medians of interleaved runs)."""

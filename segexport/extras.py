@@ -2,8 +2,8 @@
 
 The base install is the runtime (numpy, ONNX Runtime, Pillow, click): enough to run an
 artifact on a Jetson. The stages that make artifacts need `segexport[export]`; engines
-need `segexport[trt]`. A command that reaches a missing package says which extra to
-install instead of showing a traceback.
+need `segexport[trt]`; Triton repositories `segexport[triton]`. A command that reaches a
+missing package says which extra to install instead of showing a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ EXTRAS = {
     "export": ("torch", "onnx", "onnxsim", "onnxscript", "safetensors", "tqdm"),
     "trt": ("tensorrt", "cuda"),
     "video": ("av",),
+    "triton": ("tritonclient", "grpc"),
 }
 
 

@@ -60,6 +60,7 @@ def test_wheel_carries_the_package_only(runtime_venv: tuple[Path, Path]) -> None
     wheel, _ = runtime_venv
     names = zipfile.ZipFile(wheel).namelist()
     assert "segexport/runtime/runners.py" in names
+    assert "segexport/serving/triton_models/preprocess.py" in names  # copied into Triton repositories
     assert not [n for n in names if n.startswith(("models/", "tests/", "calibration/"))]
     assert not [n for n in names if n.endswith((".safetensors", ".pt", ".pth", ".onnx"))]
     print(f"{wheel.name}: {wheel.stat().st_size / 1024:.0f} KiB")
@@ -107,3 +108,18 @@ def test_doctor_and_missing_extras_without_torch(runtime_venv: tuple[Path, Path]
     assert message.endswith("is not installed): pip install 'segexport[export]'"), message
     assert len(message.splitlines()) == 1
     assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.slow
+def test_triton_without_its_extra_says_which(
+    runtime_venv: tuple[Path, Path], small_artifact: Path, tmp_path: Path
+) -> None:
+    _, python = runtime_venv
+    command = [str(python), "-m", "segexport", "triton", "--artifacts", str(small_artifact), "--repo", "repo"]
+    ran = _run(command, cwd=tmp_path)
+    assert ran.returncode == 2
+    assert ran.stderr.strip() == (
+        "segexport: error: this command needs the 'triton' extra (tritonclient is not installed): "
+        "pip install 'segexport[triton]'"
+    )
+    assert not (tmp_path / "repo").exists()
