@@ -28,7 +28,7 @@ import onnx
 import torch
 from torch import nn
 
-from segexport import __version__
+from segexport import __version__, readiness
 from segexport.compare import Tolerance, VerificationReport
 from segexport.errors import SegexportError, VerificationError, first_line
 from segexport.importers import EXPECTED, Imported, Preprocessing, build_imported, import_weights
@@ -625,6 +625,9 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
                 + " | ".join(report.failures()[:3])
             )
         manifest["files"] = describe_files(staging)
+        manifest["trt_readiness"] = readiness.check_artifacts(staging, "all", manifest)
+        for line in readiness.summary_lines(manifest["trt_readiness"]):
+            say(line)
         write_json_atomic(staging / "manifest.json", manifest)
     return manifest
 

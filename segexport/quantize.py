@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from segexport import precision
+from segexport import precision, readiness
 from segexport.compare import OutputStats, Tolerance
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
 from segexport.errors import SegexportError
@@ -229,6 +229,9 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
                 results[name] = _int8(name, request, directory, fp32, calibration, evalset, workdir, say)
     manifest["precisions"] = results
     manifest["files"] = describe_files(directory)
+    manifest["trt_readiness"] = readiness.check_artifacts(directory, "all", manifest)
+    for line in readiness.summary_lines(manifest["trt_readiness"]):
+        say(line)
     write_json_atomic(directory / "manifest.json", manifest)
     return manifest
 
@@ -304,7 +307,13 @@ def _int8(
             "percentile": calibration.percentile,
             "cache": "calib.json",
         },
-        "kept_float": sorted({*precision.output_producers(fp32), *kept}),
+        "kept_float": sorted(
+            {
+                *precision.output_producers(fp32),
+                *kept,
+                *(precision.int8_incapable_convs(fp32) if scheme.inputs_only else []),
+            }
+        ),
         "sensitivity_fallback": kept,
         "qdq_pairs": precision.qdq_pair_count(int8),
         "seconds": round(time.perf_counter() - started, 2),

@@ -645,9 +645,23 @@ def check_artifacts(
     }
 
 
-def errors_for(report: dict[str, Any], file: str, alias: str) -> list[dict[str, Any]]:
+def findings_for(report: dict[str, Any], file: str, alias: str, severity: str) -> list[dict[str, Any]]:
     entry = report["files"].get(file, {})
-    return [f for f in entry.get("findings", []) if f["target"] == alias and f["severity"] == "error"]
+    return [f for f in entry.get("findings", []) if f["target"] == alias and f["severity"] == severity]
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """One line per checked file: counts per target (what `onnx` and `quantize` print)."""
+    lines = []
+    for name, entry in report["files"].items():
+        if "counts" not in entry:
+            continue
+        per_target = []
+        for alias in report["targets"]:
+            counts = [len(findings_for(report, name, alias, s)) for s in SEVERITIES]
+            per_target.append(f"{alias}: " + "/".join(str(c) for c in counts))
+        lines.append(f"TensorRT readiness of {name} (error/slow/uncertain) " + ", ".join(per_target))
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> list[str]:

@@ -251,3 +251,47 @@ def test_artifacts_skip_the_cpu_scheme_and_refuse_unvouched_files(tmp_path: Path
     onnx.save(_det(), str(tmp_path / "model.onnx"))  # changed after the manifest vouched for it
     with pytest.raises(SegexportError, match="sha256"):
         readiness.check_artifacts(tmp_path)
+
+
+def _artifact(directory: Path, model: onnx.ModelProto) -> Path:
+    from segexport.artifacts import describe_files
+
+    directory.mkdir()
+    onnx.save(model, str(directory / "model.onnx"))
+    (directory / "manifest.json").write_text(json.dumps({"files": describe_files(directory)}))
+    return directory
+
+
+def test_check_trt_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from segexport.cli import main
+
+    clean = _artifact(tmp_path / "clean", clean_graph())
+    result = CliRunner().invoke(main, ["check-trt", "--artifacts", str(clean), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] and set(report["targets"]) == set(TARGETS)
+    broken = _artifact(tmp_path / "broken", _det())
+    result = CliRunner().invoke(main, ["check-trt", "--artifacts", str(broken), "--target", "10.3"])
+    assert result.exit_code == 1
+    assert "op-unsupported [det]: Det is marked unsupported" in result.output
+    assert "docs/operators.md:" in result.output
+    result = CliRunner().invoke(main, ["check-trt", "--artifacts", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "segexport: error:" in result.output
+
+
+def test_trt_refuses_error_findings_for_the_installed_version(tmp_path: Path) -> None:
+    from segexport.artifacts import read_manifest
+    from segexport.build import check_readiness
+
+    broken = _artifact(tmp_path / "broken", _det())
+    said: list[str] = []
+    with pytest.raises(SegexportError, match="--ignore-readiness"):
+        check_readiness(broken, read_manifest(broken), "model.onnx", "10.3.0", False, said.append)
+    check_readiness(broken, read_manifest(broken), "model.onnx", "11.4.0", True, said.append)
+    assert "building anyway" in said[-1]
+    slow = _artifact(tmp_path / "slow", _conv(group=4))
+    said.clear()
+    check_readiness(slow, read_manifest(slow), "model.onnx", "10.16.1", False, said.append)
+    assert len(said) == 1 and said[0].startswith("readiness (slow): INT8 grouped Conv")
