@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from segexport.artifacts import read_manifest, vouched_path
+from segexport.runtime.artifacts import read_manifest, vouched_path
 from segexport.errors import SegexportError
 from segexport.trt_rules import RELEASES, TARGETS
 

@@ -237,7 +237,7 @@ def test_targets_and_installed_versions() -> None:
 
 
 def test_artifacts_skip_the_cpu_scheme_and_refuse_unvouched_files(tmp_path: Path) -> None:
-    from segexport.artifacts import describe_files
+    from segexport.runtime.artifacts import describe_files
 
     onnx.save(clean_graph(), str(tmp_path / "model.onnx"))
     onnx.save(_uint8_inside(), str(tmp_path / "model.int8-cpu.onnx"))
@@ -254,7 +254,7 @@ def test_artifacts_skip_the_cpu_scheme_and_refuse_unvouched_files(tmp_path: Path
 
 
 def _artifact(directory: Path, model: onnx.ModelProto) -> Path:
-    from segexport.artifacts import describe_files
+    from segexport.runtime.artifacts import describe_files
 
     directory.mkdir()
     onnx.save(model, str(directory / "model.onnx"))
@@ -282,7 +282,7 @@ def test_check_trt_command(tmp_path: Path) -> None:
 
 
 def test_trt_refuses_error_findings_for_the_installed_version(tmp_path: Path) -> None:
-    from segexport.artifacts import read_manifest
+    from segexport.runtime.artifacts import read_manifest
     from segexport.build import check_readiness
 
     broken = _artifact(tmp_path / "broken", _det())
