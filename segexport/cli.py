@@ -437,7 +437,8 @@ def quantize(
         return
     for name, result in manifest["precisions"].items():
         miou = f", mIoU {result['miou']:.4f}" if "miou" in result else ""
-        click.echo(f"  {name:>8}: agreement {result['agreement']:.4%}, rel L2 {result['rel_l2']:.2e}{miou}")
+        agreement = "" if result["agreement"] is None else f"agreement {result['agreement']:.4%}, "
+        click.echo(f"  {name:>8}: {agreement}rel L2 {result['rel_l2']:.2e}{miou}")
 
 
 @main.command()

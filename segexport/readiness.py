@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from segexport.runtime.artifacts import read_manifest, vouched_path
 from segexport.errors import SegexportError
+from segexport.runtime.artifacts import read_manifest, vouched_path
 from segexport.trt_rules import RELEASES, TARGETS
 
 SEVERITIES = ("error", "slow", "uncertain")

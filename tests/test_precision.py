@@ -207,3 +207,24 @@ def test_int8_qdq_sits_on_compute_inputs_only() -> None:
     assert reads["residual"] == ["Conv", "x"]
     assert "DequantizeLinear" not in reads["sum"]
     assert precision.int8_incapable_convs(model) == ["convC"]
+
+
+@pytest.mark.slow
+def test_roi_head_gets_fp16_and_a_clear_int8_refusal(tmp_path: Path) -> None:
+    """maskrcnn-mask-head: FP16 (checked on seeded random RoI features) so `segexport trt --fp16`
+    has a graph; INT8 refused with the reason (no RoI-feature calibration data here)."""
+    import torch
+
+    from segexport.export import ExportRequest, export_onnx
+    from segexport.zoo import create_model
+
+    weights = tmp_path / "mask.pt"
+    torch.save(create_model("maskrcnn-mask-head").state_dict(), weights)
+    export_onnx(ExportRequest("maskrcnn-mask-head", weights=str(weights), out_dir=tmp_path / "a"))
+    with pytest.raises(SegexportError, match="INT8 needs calibration data"):
+        quantize_artifact(QuantizeRequest(artifacts=tmp_path / "a", fp16=False, int8=True))
+    manifest = quantize_artifact(
+        QuantizeRequest(artifacts=tmp_path / "a", fp16=True, int8=False, eval_images=2)
+    )
+    assert manifest["precisions"]["fp16"]["rel_l2"] < 1e-2
+    assert manifest["trt_readiness"]["files"]["model.fp16.onnx"]["counts"]["error"] == 0

@@ -282,8 +282,8 @@ def test_check_trt_command(tmp_path: Path) -> None:
 
 
 def test_trt_refuses_error_findings_for_the_installed_version(tmp_path: Path) -> None:
-    from segexport.runtime.artifacts import read_manifest
     from segexport.build import check_readiness
+    from segexport.runtime.artifacts import read_manifest
 
     broken = _artifact(tmp_path / "broken", _det())
     said: list[str] = []
