@@ -104,9 +104,9 @@ def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) ->
     class_names = tuple(manifest["model"]["class_names"])
     reference = TorchRunner(reference_model(manifest), spec.output_names, threads)
     if spec.input_kind != "image":  # RoI heads: seeded random RoI features, 4 RoIs each
-        generator = torch.Generator().manual_seed(0)
+        seeded = torch.Generator().manual_seed(0)
         feeds = [
-            {k: v.numpy() for k, v in spec.example_inputs(InputShape(4), len(class_names), generator).items()}
+            {k: v.numpy() for k, v in spec.example_inputs(InputShape(4), len(class_names), seeded).items()}
             for _ in range(count)
         ]
         outputs = [reference.infer(feed)[spec.output_names[0]] for feed in feeds]

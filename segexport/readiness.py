@@ -11,7 +11,7 @@ numpy and onnx only: no torch, no TensorRT.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,9 @@ PLACEMENT_GUIDE = (
     "TensorRT developer guide, Explicit Quantization, Q/DQ Layer-Placement Recommendations "
     "(docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html)"
 )
+SHAPE_INFERENCE = "onnx.shape_inference (the TensorRT sources are silent on such graphs)"
 WEIGHTED_OPS = {"Conv": 0, "ConvTranspose": 1, "MatMul": -1, "Gemm": None}  # op -> output-channel axis of W
-DOC_TYPES = {
+DOC_TYPES: dict[int, str] = {
     TensorProto.FLOAT: "FP32",
     TensorProto.FLOAT16: "FP16",
     TensorProto.BFLOAT16: "BF16",
@@ -164,103 +165,64 @@ def _text(value: Any) -> Any:
 def check_model(model: onnx.ModelProto, targets: Iterable[str] = tuple(TARGETS)) -> list[Finding]:
     """Every finding for every target alias (`10.3`, `10.x`, `11.x`)."""
     graph = _Graph(model)
-    findings: list[Finding] = []
-    for alias in targets:
-        rules = RELEASES[TARGETS[alias]]
-        for check in CHECKS:
-            findings.extend(check(graph, rules, alias))
-    return findings
-
-
-# --------------------------------------------------------------------------- rules
-
-
-def _opset(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
-    low, high = rules["opset"]["min"], rules["opset"]["max"]
-    if low <= graph.opset <= high:
-        return []
-    proxy = rules["docs_version"] != rules["target"]  # another release's list stands in for this one
-    severity = "uncertain" if proxy else "error"
-    why = (
-        f" (from TensorRT {rules['docs_version']}'s list; this release's was not available)" if proxy else ""
-    )
     return [
-        Finding(
-            "opset-range",
-            severity,
-            alias,
-            None,
-            f"opset {graph.opset} is outside the parser's opset {low}..{high}{why}",
-            rules["opset"]["cite"],
-        )
+        Finding(rule, severity, alias, node, message, source)
+        for alias in targets
+        for check in CHECKS
+        for rule, severity, node, message, source in check(graph, RELEASES[TARGETS[alias]])
     ]
 
 
-def _operators(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
-    found = []
+# --------------------------------------------------------------------------- rules
+# Each rule yields (rule, severity, node name, message, source); check_model adds the target.
+
+Raw = tuple[str, str, str | None, str, str]
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _opset(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
+    low, high = rules["opset"]["min"], rules["opset"]["max"]
+    if not low <= graph.opset <= high:
+        proxy = rules["docs_version"] != rules["target"]  # another release's list stands in for this one
+        why = (
+            f" (from TensorRT {rules['docs_version']}'s list; this release's was not available)"
+            if proxy
+            else ""
+        )
+        message = f"opset {graph.opset} is outside the parser's opset {low}..{high}{why}"
+        yield "opset-range", "uncertain" if proxy else "error", None, message, rules["opset"]["cite"]
+
+
+def _operators(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     for node in graph.model.graph.node:
         if node.domain not in ("", "ai.onnx"):
-            found.append(
-                Finding(
-                    "op-unsupported",
-                    "uncertain",
-                    alias,
-                    node.name,
-                    f"{node.domain}::{node.op_type} is outside the ONNX operator matrix; only a registered "
-                    "plugin of that name can import it",
-                    rules["opset"]["cite"],
-                )
+            message = (
+                f"{node.domain}::{node.op_type} is outside the operator matrix; only a plugin imports it"
             )
+            yield "op-unsupported", "uncertain", node.name, message, rules["opset"]["cite"]
         elif node.op_type in rules["unsupported_ops"]:
-            found.append(
-                Finding(
-                    "op-unsupported",
-                    "error",
-                    alias,
-                    node.name,
-                    f"{node.op_type} is marked unsupported",
-                    rules["unsupported_ops"][node.op_type],
-                )
-            )
+            message = f"{node.op_type} is marked unsupported"
+            yield "op-unsupported", "error", node.name, message, rules["unsupported_ops"][node.op_type]
         elif node.op_type not in rules["ops"]:
-            found.append(
-                Finding(
-                    "op-unsupported",
-                    "error",
-                    alias,
-                    node.name,
-                    f"{node.op_type} is not in the operator matrix",
-                    rules["opset"]["cite"],
-                )
-            )
-    return found
+            message = f"{node.op_type} is not in the operator matrix"
+            yield "op-unsupported", "error", node.name, message, rules["opset"]["cite"]
 
 
-def _input_types(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
-    found = []
+def _input_types(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     for node in graph.model.graph.node:
         entry = rules["ops"].get(node.op_type)
         if entry is None or not entry["types"] or not node.input or node.op_type in _QDQ:
-            continue
+            continue  # Q/DQ types: the qdq-type rule, from NvInfer.h
         elem = graph.elem_type(node.input[0])
         name = DOC_TYPES.get(elem) if elem is not None else None
         if name is not None and name not in entry["types"]:
-            found.append(
-                Finding(
-                    "input-type",
-                    "error",
-                    alias,
-                    node.name,
-                    f"{node.op_type} input {node.input[0]!r} is {name}; "
-                    f"supported: {', '.join(entry['types'])}",
-                    entry["cite"],
-                )
+            message = (
+                f"{node.op_type} input {node.input[0]!r} is {name}; supported: {', '.join(entry['types'])}"
             )
-    return found
+            yield "input-type", "error", node.name, message, entry["cite"]
 
 
-def _constant_inputs(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
-    found = []
+def _constant_inputs(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     for node in graph.model.graph.node:
         for need in rules["constant_inputs"].get(node.op_type, []):
             index = need["input"]
@@ -269,23 +231,14 @@ def _constant_inputs(graph: _Graph, rules: dict[str, Any], alias: str) -> list[F
             strict = need["wording"].endswith(("an initializer", "a constant tensor"))
             if not strict and graph.foldable(node.input[index]):
                 continue  # "resolvable to a constant": computed from constants only
-            found.append(
-                Finding(
-                    "constant-input",
-                    "error",
-                    alias,
-                    node.name,
-                    f"{node.op_type} input {need['name']!r} ({node.input[index]!r}) is computed in the "
-                    "graph; "
-                    f"the matrix says {need['wording']!r}",
-                    need["cite"],
-                )
+            message = (
+                f"{node.op_type} input {need['name']!r} ({node.input[index]!r}) is computed in the graph; "
+                f"the matrix says {need['wording']!r}"
             )
-    return found
+            yield "constant-input", "error", node.name, message, need["cite"]
 
 
-def _squeeze_axes(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
-    found = []
+def _squeeze_axes(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     importer = rules["importer"] or {}
     for node in graph.model.graph.node:
         if node.op_type != "Squeeze" or graph.opset < 13 or (len(node.input) > 1 and node.input[1]):
@@ -294,107 +247,63 @@ def _squeeze_axes(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Find
         static = dims is not None and None not in dims
         if importer.get("squeeze_omitted_axes_static_only"):
             if not static:
-                found.append(
-                    Finding(
-                        "squeeze-implicit-axes",
-                        "error",
-                        alias,
-                        node.name,
-                        "Squeeze without axes on an input with dynamic dims: the importer refuses to "
-                        "infer them",
-                        importer["squeeze_omitted_axes_static_only"],
-                    )
+                message = "Squeeze without axes on dynamic dims: the importer refuses to infer them"
+                yield (
+                    "squeeze-implicit-axes",
+                    "error",
+                    node.name,
+                    message,
+                    importer["squeeze_omitted_axes_static_only"],
                 )
             continue
         row = rules["constant_inputs"].get("Squeeze", [{}])[0]
-        found.append(
-            Finding(
-                "squeeze-implicit-axes",
-                "uncertain",
-                alias,
-                node.name,
-                f"Squeeze without axes: the matrix says {row.get('wording', 'nothing')!r} and this release's "
-                "importer source was not available to tell how an omitted input is handled",
-                row.get("cite", rules["opset"]["cite"]),
-            )
+        message = (
+            f"Squeeze without axes: the matrix says {row.get('wording', 'nothing')!r}, and this release's "
+            "importer source was not available to tell how an omitted input is handled"
         )
-    return found
+        yield (
+            "squeeze-implicit-axes",
+            "uncertain",
+            node.name,
+            message,
+            row.get("cite", rules["opset"]["cite"]),
+        )
 
 
-def _resize(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
-    found = []
+def _resize(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     allowed = rules["resize"]
-    importer = rules["importer"] or {}
+    mapped = (rules["importer"] or {}).get("resize_cubic_mapped")
     for node in graph.model.graph.node:
         if node.op_type != "Resize":
             continue
-        mode = _text(_attr(node, "mode", "nearest"))
         settings = {
-            "mode": mode,
+            "mode": _text(_attr(node, "mode", "nearest")),
             "coordinate_transformation_mode": _text(
                 _attr(node, "coordinate_transformation_mode", "half_pixel")
             ),
         }
-        if mode == "nearest":
+        if settings["mode"] == "nearest":
             settings["nearest_mode"] = _text(_attr(node, "nearest_mode", "round_prefer_floor"))
         for key, value in settings.items():
             if allowed[key] is None or value in allowed[key]:
                 continue
-            if key == "mode" and value == "cubic":
-                mapped = importer.get("resize_cubic_mapped")
+            if key == "mode" and value == "cubic":  # the sources disagree
                 where = (
-                    f"; the importer maps it to kCUBIC ({mapped})"
+                    f"the importer maps it to kCUBIC ({mapped})"
                     if mapped
-                    else (
-                        "; the 10.1-GA importer maps it to TensorRT's bicubic, this release's importer "
-                        "was not available"
-                    )
+                    else "10.1-GA's importer maps it to bicubic; this release's importer was not available"
                 )
-                found.append(
-                    Finding(
-                        "resize-mode",
-                        "uncertain",
-                        alias,
-                        node.name,
-                        f"Resize mode 'cubic': the matrix lists {', '.join(allowed['mode'])} only{where}",
-                        allowed["cite"],
-                    )
-                )
-                continue
-            found.append(
-                Finding(
-                    "resize-mode",
-                    "error",
-                    alias,
-                    node.name,
-                    f"Resize {key} {value!r} is not supported (supported: {', '.join(allowed[key])})",
-                    allowed["cite"],
-                )
-            )
+                message = f"Resize mode 'cubic': the matrix lists {', '.join(allowed['mode'])} only; {where}"
+                yield "resize-mode", "uncertain", node.name, message, allowed["cite"]
+            else:
+                message = f"Resize {key} {value!r} is not supported (supported: {', '.join(allowed[key])})"
+                yield "resize-mode", "error", node.name, message, allowed["cite"]
         if _attr(node, "antialias", 0) and not allowed["antialias"]:
-            found.append(
-                Finding(
-                    "resize-mode",
-                    "error",
-                    alias,
-                    node.name,
-                    "Resize antialias is not supported",
-                    allowed["cite"],
-                )
-            )
-    return found
+            yield "resize-mode", "error", node.name, "Resize antialias is not supported", allowed["cite"]
 
 
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
-
-
-def _qdq(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
+def _qdq(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     qdq = rules["qdq"]
-    found = []
-
-    def add(rule: str, severity: str, node: onnx.NodeProto, message: str, source: str) -> None:
-        found.append(Finding(rule, severity, alias, node.name, message, source))
-
     for node in graph.model.graph.node:
         if node.op_type not in _QDQ:
             continue
@@ -402,79 +311,49 @@ def _qdq(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
         elem = graph.elem_type(quantized)
         name = DOC_TYPES.get(elem, TensorProto.DataType.Name(elem)) if elem else None
         if name is not None and name not in qdq["types"]:
-            add(
-                "qdq-type",
-                "error",
-                node,
-                f"{node.op_type} on {name}; quantized types: {', '.join(qdq['types'])}",
-                qdq["types_cite"],
-            )
+            message = f"{node.op_type} on {name}; quantized types: {', '.join(qdq['types'])}"
+            yield "qdq-type", "error", node.name, message, qdq["types_cite"]
         if len(node.input) > 2 and node.input[2]:
             zero = graph.constant(node.input[2])
             if zero is None:
-                add(
+                message = "zero point is computed in the graph, not a build-time constant"
+                yield (
                     "qdq-zero-point",
                     "error",
-                    node,
-                    "zero point is computed in the graph, not a build-time constant",
+                    node.name,
+                    message,
                     qdq["zero_point_constant"] or qdq["zero_point_zero"],
                 )
             elif np.any(zero.astype(np.float64) != 0):
-                add(
-                    "qdq-zero-point",
-                    "error",
-                    node,
-                    "zero point is not zero: only symmetric quantization",
-                    qdq["zero_point_zero"],
-                )
+                message = "zero point is not zero: TensorRT quantizes symmetrically only"
+                yield "qdq-zero-point", "error", node.name, message, qdq["zero_point_zero"]
         scale = graph.constant(node.input[1])
-        if scale is None:
-            if qdq["scale_constant"]:
-                add(
-                    "qdq-scale",
-                    "error",
-                    node,
-                    "scale is computed in the graph, not a build-time constant",
-                    qdq["scale_constant"],
-                )
-            else:
-                add(
-                    "qdq-scale",
-                    "uncertain",
-                    node,
-                    "scale is computed in the graph; this release's IQuantizeLayer notes no longer require a "
-                    "build-time constant but say nothing of computed scales",
-                    qdq["section_cite"],
-                )
-        elif np.any(scale <= 0):
-            add(
-                "qdq-scale",
-                "error",
-                node,
-                "scale has non-positive values",
-                qdq["scale_positive"] or qdq["section_cite"],
+        if scale is None and qdq["scale_constant"]:
+            message = "scale is computed in the graph, not a build-time constant"
+            yield "qdq-scale", "error", node.name, message, qdq["scale_constant"]
+        elif scale is None:
+            message = (
+                "scale is computed in the graph; this release's IQuantizeLayer notes no longer require a "
+                "build-time constant, nor say that a computed one works"
             )
-        if scale is not None and scale.size > 1 and scale.ndim == 1:
-            source_tensor = node.input[0]
-            if not graph.is_constant(source_tensor):
-                add(
-                    "qdq-per-channel",
-                    "error",
-                    node,
-                    f"per-channel scale ({scale.size} values) on {source_tensor!r}, "
-                    "which is not a constant weight",
-                    qdq["per_channel_weights_only"],
+            yield "qdq-scale", "uncertain", node.name, message, qdq["section_cite"]
+        elif np.any(scale <= 0):
+            message = "scale has non-positive values"
+            yield "qdq-scale", "error", node.name, message, qdq["scale_positive"] or qdq["section_cite"]
+        if scale is not None and scale.ndim == 1 and scale.size > 1:
+            if not graph.is_constant(node.input[0]):
+                message = (
+                    f"per-channel scale ({scale.size} values) on {node.input[0]!r}, not a constant weight"
                 )
+                yield "qdq-per-channel", "error", node.name, message, qdq["per_channel_weights_only"]
             elif node.op_type == "DequantizeLinear":
-                found.extend(_channel_axis(graph, node, alias, qdq))
-    return found
+                yield from _channel_axis(graph, node, qdq)
 
 
-def _channel_axis(graph: _Graph, dq: onnx.NodeProto, alias: str, qdq: dict[str, Any]) -> list[Finding]:
+def _channel_axis(graph: _Graph, dq: onnx.NodeProto, qdq: dict[str, Any]) -> Iterator[Raw]:
     """Per-channel weights should be scaled along the consumer's output-channel axis."""
-    rank = len(graph.dims(dq.input[0]) or [])
-    axis = _attr(dq, "axis", 1) % max(rank, 1)
-    found = []
+    rank = max(len(graph.dims(dq.input[0]) or []), 1)
+    axis = _attr(dq, "axis", 1) % rank
     for consumer in graph.model.graph.node:
         if dq.output[0] not in consumer.input[1:2] or consumer.op_type not in WEIGHTED_OPS:
             continue
@@ -482,119 +361,72 @@ def _channel_axis(graph: _Graph, dq: onnx.NodeProto, alias: str, qdq: dict[str, 
         if wanted is None:  # Gemm: B is [K, N], or [N, K] when transB
             wanted = 0 if _attr(consumer, "transB", 0) else 1
         if axis != wanted % rank:
-            found.append(
-                Finding(
-                    "qdq-per-channel",
-                    "uncertain",
-                    alias,
-                    dq.name,
-                    f"per-channel weight scale on axis {axis}, but {consumer.op_type} {consumer.name!r} "
-                    "has its output "
-                    f"channels on axis {wanted % rank}; the header shows only the output-channel (K) example",
-                    qdq["per_channel_weights_only"],
-                )
+            message = (
+                f"per-channel weight scale on axis {axis}, but {consumer.op_type} {consumer.name!r} has its "
+                f"output channels on axis {wanted % rank}; the header shows only the output-channel example"
             )
-    return found
+            yield "qdq-per-channel", "uncertain", dq.name, message, qdq["per_channel_weights_only"]
 
 
-def _uint8(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
+def _uint8(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     boundary = {*graph.inputs, *graph.outputs}
-    found = []
     for node in graph.model.graph.node:
         for name in node.output:
             if name not in boundary and graph.elem_type(name) == TensorProto.UINT8:
-                found.append(
-                    Finding(
-                        "uint8-internal",
-                        "error",
-                        alias,
-                        node.name,
-                        f"{name!r} is UINT8 inside the network; UINT8 is for network inputs/outputs only",
-                        rules["uint8_io_only"],
-                    )
-                )
-    return found
+                message = f"{name!r} is UINT8 inside the network; UINT8 is for network inputs/outputs only"
+                yield "uint8-internal", "error", node.name, message, rules["uint8_io_only"]
 
 
-def _ranks(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
-    found = []
+def _ranks(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     for name in graph.inputs:
         if name not in graph.initializers and graph.dims(name) is None:
-            found.append(
-                Finding(
-                    "unknown-rank",
-                    "error",
-                    alias,
-                    None,
-                    f"graph input {name!r} has no shape: TensorRT's addInput needs its dimensions",
-                    rules["add_input_cite"],
-                )
-            )
+            message = f"graph input {name!r} has no shape: TensorRT's addInput needs its dimensions"
+            yield "unknown-rank", "error", None, message, rules["add_input_cite"]
     for node in graph.model.graph.node:
         for name in node.output:
             if name and graph.dims(name) is None:
-                found.append(
-                    Finding(
-                        "unknown-rank",
-                        "uncertain",
-                        alias,
-                        node.name,
-                        f"ONNX shape inference cannot tell the rank of {name!r}; TensorRT's parser must, at "
-                        "network-definition time",
-                        "onnx.shape_inference (the TensorRT sources are silent on such graphs)",
-                    )
+                message = (
+                    f"ONNX shape inference cannot tell the rank of {name!r}; TensorRT's parser must, "
+                    "when it defines the network"
                 )
-    return found
+                yield "unknown-rank", "uncertain", node.name, message, SHAPE_INFERENCE
 
 
-def _int8_fusion(graph: _Graph, rules: dict[str, Any], alias: str) -> list[Finding]:
+def _int8_fusion(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
     """INT8 patterns TensorRT cannot run as the graph intends (slow, not rejected)."""
-    qdq = rules["qdq"]
-    found = []
+    multiple, cite = rules["qdq"]["int8_group_multiple"], rules["qdq"]["int8_group_cite"]
     for node in graph.model.graph.node:
         if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
             continue
         data_q = graph.dequantized(node.input[0]) is not None
         weight_q = graph.dequantized(node.input[1]) is not None
         if data_q != weight_q:
-            which = "weights" if weight_q else "data input"
-            found.append(
-                Finding(
-                    "qdq-unfusable",
-                    "slow",
-                    alias,
-                    node.name,
-                    f"{node.op_type} has Q/DQ on its {which} only: it cannot run as an INT8 kernel and the "
-                    "dequantized tensor is computed in float",
-                    PLACEMENT_GUIDE,
-                )
+            message = (
+                f"{node.op_type} has Q/DQ on its {'weights' if weight_q else 'data input'} only: it cannot "
+                "run as an INT8 kernel, the dequantized tensor is computed in float"
             )
+            yield "qdq-unfusable", "slow", node.name, message, PLACEMENT_GUIDE
         group = _attr(node, "group", 1)
-        if node.op_type in ("Conv", "ConvTranspose") and group > 1 and (data_q or weight_q):
-            weight = graph.dims(node.input[1]) or []
-            per_group = weight[1] if node.op_type == "Conv" else (weight[0] // group if weight else None)
-            out_per_group = (
-                (weight[0] // group) if node.op_type == "Conv" and weight else (weight[1] if weight else None)
+        weight = graph.dims(node.input[1])
+        if (
+            node.op_type not in ("Conv", "ConvTranspose")
+            or group == 1
+            or not (data_q or weight_q)
+            or not weight
+        ):
+            continue
+        per_group = weight[1] if node.op_type == "Conv" else (weight[0] or 0) // group
+        out_per_group = (weight[0] or 0) // group if node.op_type == "Conv" else weight[1]
+        if (per_group or 0) % multiple or (out_per_group or 0) % multiple:
+            message = (
+                f"INT8 grouped {node.op_type} with {per_group} input / {out_per_group} output channels per "
+                f"group (needs a multiple of {multiple}): likely runs in float between standalone Q/DQ layers, or "
+                "fails to build; only a real build can tell"
             )
-            multiple = qdq["int8_group_multiple"]
-            if per_group is not None and (per_group % multiple or (out_per_group or 0) % multiple):
-                found.append(
-                    Finding(
-                        "qdq-grouped-conv",
-                        "slow",
-                        alias,
-                        node.name,
-                        f"INT8 grouped {node.op_type} with {per_group} input / {out_per_group} output "
-                        f"channels per group (needs a multiple of {multiple}): likely runs in float "
-                        "between standalone Q/DQ "
-                        "layers, or fails to build; only a real build can tell",
-                        qdq["int8_group_cite"],
-                    )
-                )
-    return found
+            yield "qdq-grouped-conv", "slow", node.name, message, cite
 
 
-CHECKS = (
+CHECKS: tuple[Callable[[_Graph, dict[str, Any]], Iterator[Raw]], ...] = (
     _opset,
     _operators,
     _input_types,
