@@ -420,8 +420,8 @@ def _int8_fusion(graph: _Graph, rules: dict[str, Any]) -> Iterator[Raw]:
         if (per_group or 0) % multiple or (out_per_group or 0) % multiple:
             message = (
                 f"INT8 grouped {node.op_type} with {per_group} input / {out_per_group} output channels per "
-                f"group (needs a multiple of {multiple}): likely runs in float between standalone Q/DQ layers, or "
-                "fails to build; only a real build can tell"
+                f"group (needs a multiple of {multiple}): likely runs in float between standalone "
+                "Q/DQ layers, or fails to build; only a real build can tell"
             )
             yield "qdq-grouped-conv", "slow", node.name, message, cite
 
