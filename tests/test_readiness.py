@@ -295,3 +295,46 @@ def test_trt_refuses_error_findings_for_the_installed_version(tmp_path: Path) ->
     said.clear()
     check_readiness(slow, read_manifest(slow), "model.onnx", "10.16.1", False, said.append)
     assert len(said) == 1 and said[0].startswith("readiness (slow): INT8 grouped Conv")
+
+
+def _generator():  # tools/ is not a package: load the script as a module
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "gen_trt_rules.py"
+    spec = importlib.util.spec_from_file_location("gen_trt_rules", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generator_reads_the_operator_matrix_format() -> None:
+    text = "\n".join(
+        [
+            "TensorRT 12.0 supports operators in the inclusive range of opset 9 to opset 30.",
+            "> Note: UINT8 is only supported as network input or output tensor types.",
+            "| Operator | Supported | Supported Types | Restrictions |",
+            "| Squeeze | Y | FP32, INT64 | `axes` must be resolvable to a constant. |",
+            "| Det | N |",
+            "| Resize | Y | FP32 | Supported resize transformation modes: `half_pixel`.<br />"
+            "Supported resize modes: `nearest`.<br />Supported nearest modes: `floor`. |",
+        ]
+    )
+    source = {"repo": "r", "ref": "v", "commit": "0" * 40, "path": "docs/operators.md"}
+    data = _generator().parse_operators(text, source)
+    assert data["opset"]["min"] == 9 and data["opset"]["max"] == 30
+    assert data["ops"]["Squeeze"]["types"] == ["FP32", "INT64"]
+    assert data["constant_inputs"]["Squeeze"][0]["input"] == 1  # `axes` is Squeeze's second input
+    assert data["unsupported_ops"]["Det"].endswith("docs/operators.md:5")
+    assert data["resize"]["mode"] == ["nearest"] and data["resize"]["antialias"]
+
+
+def test_committed_rules_are_what_the_sources_generate(tmp_path: Path) -> None:
+    sources = Path(__file__).resolve().parents[1] / "tools" / "trt_sources"
+    if not all((sources / release / "NvInfer.h").exists() for release in RELEASES):
+        pytest.skip("the third-party TensorRT sources named in tools/trt_sources/*/SOURCES.json are not here")
+    out = tmp_path / "trt_rules.py"
+    _generator().main(["--sources", str(sources), "--out", str(out)])
+    namespace: dict[str, object] = {}
+    exec(out.read_text(), namespace)
+    assert namespace["RELEASES"] == RELEASES and namespace["TARGETS"] == TARGETS

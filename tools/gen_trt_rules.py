@@ -14,7 +14,9 @@ Adding a release is a data change: put its sources in a new folder and rerun.
 - `SOURCES.json`: where each file came from (repo, ref, commit, path; a `note` when a file is
   from another release than the target, which the generated data repeats).
 
-For example, from clones of both repositories:
+`tools/trt_sources/<release>/SOURCES.json` records where the committed data came from; put
+the files it names beside it (they are third-party and not committed) and pass
+`--sources tools/trt_sources`. For example, from clones of both repositories:
     git -C TensorRT show release/11.1:include/NvInfer.h > DIR/11.1/NvInfer.h
     git -C onnx-tensorrt show <commit TensorRT's parsers/onnx pins>:docs/operators.md \\
         > DIR/11.1/operators.md
