@@ -137,14 +137,20 @@ class _Graph:
             return None if value is None else numpy_helper.to_array(value.t)
         return None
 
-    def foldable(self, name: str, seen: set[str] | None = None) -> bool:
+    def foldable(self, name: str) -> bool:
         """Computed from constants only (no graph input upstream)."""
-        seen = set() if seen is None else seen
-        if self.is_constant(name) or name in seen:
-            return True
-        seen.add(name)
-        node = self.producer.get(name)
-        return node is not None and all(self.foldable(i, seen) for i in node.input if i)
+        seen: set[str] = set()
+        pending = [name]
+        while pending:
+            tensor = pending.pop()
+            if tensor in seen or self.is_constant(tensor):
+                continue
+            seen.add(tensor)
+            node = self.producer.get(tensor)
+            if node is None:
+                return False
+            pending.extend(i for i in node.input if i)
+        return True
 
     def dequantized(self, name: str) -> onnx.NodeProto | None:
         node = self.producer.get(name)

@@ -206,6 +206,15 @@ def test_release_differences_change_the_severity() -> None:
     model = _model(nodes, [_image()], [_out()], [("z", np.array(0, np.int8))])
     assert _rules_fired(model, "10.3") == {"qdq-scale": {"error"}}
     assert _rules_fired(model, "11.x") == {"qdq-scale": {"uncertain"}}
+    # CumSum axis computed from constants: "a build-time constant" (11.1) accepts it,
+    # "must be an initializer" (10.1-GA's list, for 10.3) does not.
+    nodes = [
+        helper.make_node("Identity", ["axis"], ["axis_copy"], name="copy"),
+        helper.make_node("CumSum", ["x", "axis_copy"], ["y"], name="cumsum"),
+    ]
+    model = _model(nodes, [_image()], [_out()], [("axis", np.array(1, np.int64))])
+    assert _rules_fired(model, "11.x") == {}
+    assert _rules_fired(model, "10.3") == {"constant-input": {"error"}}
     # FP4 is a quantized type from 10.16 on, not in 10.3.
     assert "FP4" not in RELEASES["10.3"]["qdq"]["types"] and "FP4" in RELEASES["10.16"]["qdq"]["types"]
 
