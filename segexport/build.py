@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, SupportsInt
 
+from segexport import readiness
 from segexport.compare import DEFAULT_TOLERANCES, Tolerance, VerificationReport
 from segexport.errors import SegexportError, UnavailableError, VerificationError
 from segexport.reference import data_size, verify_runners
@@ -198,6 +199,7 @@ class BuildRequest:
     weights: str | None = None
     force: bool = False
     threads: int | None = None
+    ignore_readiness: bool = False
 
 
 def engine_file(precision: str) -> str:
@@ -239,6 +241,30 @@ def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, 
     return directory, manifest, source
 
 
+def check_readiness(
+    directory: Path, manifest: dict[str, Any], source: str, version: str, ignore: bool, say: Progress
+) -> None:
+    """Refuse a build the installed TensorRT's parser or builder would reject (offline rules);
+    print what would run slower than the graph intends."""
+    alias = readiness.target_for_version(version)
+    source_only = {**manifest, "files": {source: manifest["files"][source]}}
+    report = readiness.check_artifacts(directory, alias, source_only)
+    for finding in readiness.findings_for(report, source, alias, "slow"):
+        say(f"readiness (slow): {finding['message']} [{finding['node']}] ({finding['source']})")
+    errors = readiness.findings_for(report, source, alias, "error")
+    if not errors:
+        return
+    first = errors[0]
+    message = (
+        f"{source} has {len(errors)} error finding(s) for TensorRT {version} ({alias} rules), e.g. "
+        f"{first['rule']} at {first['node']}: {first['message']} ({first['source']}); "
+        f"see `segexport check-trt --artifacts {directory} --target {alias}`"
+    )
+    if not ignore:
+        raise SegexportError(message + "; pass --ignore-readiness to try anyway")
+    say(f"readiness: {message}; building anyway (--ignore-readiness)")
+
+
 def build_artifact(request: BuildRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Build, check and record `model.<precision>.engine`; returns the updated manifest.
 
@@ -249,6 +275,9 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     options = request.options
     check_options(options, None)
     directory, manifest, source = prepare_onnx(request, say)
+    source_only = {**manifest, "files": {source: manifest["files"][source]}}
+    for line in readiness.summary_lines(readiness.check_artifacts(directory, "all", source_only)):
+        say(line)
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise UnavailableError(
@@ -258,6 +287,7 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     import tensorrt as trt
 
     check_options(options, trt.__version__)
+    check_readiness(directory, manifest, source, trt.__version__, request.ignore_readiness, say)
     profile = derive_profile(manifest, options)
     gpu = current_gpu()
     say(f"building {engine_file(options.precision)} with TensorRT {trt.__version__} on {gpu.name}")

@@ -437,7 +437,8 @@ def quantize(
         return
     for name, result in manifest["precisions"].items():
         miou = f", mIoU {result['miou']:.4f}" if "miou" in result else ""
-        click.echo(f"  {name:>8}: agreement {result['agreement']:.4%}, rel L2 {result['rel_l2']:.2e}{miou}")
+        agreement = "" if result["agreement"] is None else f"agreement {result['agreement']:.4%}, "
+        click.echo(f"  {name:>8}: {agreement}rel L2 {result['rel_l2']:.2e}{miou}")
 
 
 @main.command()
@@ -468,6 +469,9 @@ def quantize(
     "--legacy-fp16-flag", is_flag=True, help="TensorRT 10.x only: weakly typed FP16 from the FP32 ONNX."
 )
 @click.option("--force", is_flag=True, help="Replace an existing engine.")
+@click.option(
+    "--ignore-readiness", is_flag=True, help="Build even if check-trt finds errors for this TensorRT."
+)
 @click.option("--threads", type=int, help="CPU threads for the earlier stages and the check.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -492,6 +496,7 @@ def trt(
     hardware_compat: str,
     legacy_fp16_flag: bool,
     force: bool,
+    ignore_readiness: bool,
     threads: int | None,
     as_json: bool,
 ) -> None:
@@ -516,7 +521,7 @@ def trt(
     )
     if model_name is None and artifacts is None:
         model_name = "segformer-b0"
-    request = BuildRequest(options, artifacts, model_name, weights, force, threads)
+    request = BuildRequest(options, artifacts, model_name, weights, force, threads, ignore_readiness)
     manifest = build_artifact(request, progress=_progress)
     name = engine_file(options.precision)
     record = manifest["engines"][name]
@@ -527,6 +532,34 @@ def trt(
         f"wrote {name}: TensorRT {record['tensorrt']} on {record['gpu']['name']}, "
         f"{record['build_seconds']:.1f} s"
     )
+
+
+@main.command("check-trt")
+@click.option(
+    "--artifacts", type=click.Path(path_type=Path), required=True, help="Artifact directory to check."
+)
+@click.option(
+    "--target",
+    type=click.Choice(["10.3", "10.x", "11.x", "all"]),
+    default="all",
+    show_default=True,
+    help="TensorRT release(s) whose parser rules apply (10.x: the newest 10.x with rules, 11.x likewise).",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def check_trt(ctx: click.Context, artifacts: Path, target: str, as_json: bool) -> None:
+    """Will TensorRT's ONNX parser take these graphs? Offline, per release; exit 1 on errors."""
+    from segexport.readiness import check_artifacts, format_report
+
+    ctx.meta["json"] = as_json
+    report = check_artifacts(artifacts, target)
+    if as_json:
+        click.echo(json.dumps({"ok": report["errors"] == 0, **report}, indent=2))
+    else:
+        for line in format_report(report):
+            click.echo(line)
+    if report["errors"]:
+        ctx.exit(1)
 
 
 @main.command()

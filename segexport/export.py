@@ -28,7 +28,7 @@ import onnx
 import torch
 from torch import nn
 
-from segexport import __version__
+from segexport import __version__, readiness
 from segexport.compare import Tolerance, VerificationReport
 from segexport.errors import SegexportError, VerificationError, first_line
 from segexport.importers import EXPECTED, Imported, Preprocessing, build_imported, import_weights
@@ -48,7 +48,9 @@ from segexport.zoo.registry import ModelSpec, create_model, get_spec
 Progress = Callable[[str], None]
 
 DEFAULT_OPSET = 18
-SUPPORTED_OPSETS = range(17, 22)  # 17: first with LayerNormalization; TensorRT 10.x parses up to 21
+# 17: first with LayerNormalization. TensorRT's own range differs per release (10.1-GA's operator
+# list: 9..20; 10.16 and 11.1: 9..24): `segexport check-trt` reports an opset beyond a target's range.
+SUPPORTED_OPSETS = range(17, 22)
 MODEL_FILE = "model.onnx"
 # What the graph hands over: class logits, a mask of class ids (ArgMax over classes in the
 # graph, so only ids cross from the device: 2 MB instead of 160 MB at 1024x2048 with 19
@@ -478,10 +480,52 @@ def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     try:
         simplified, ok = onnxsim.simplify(proto, skipped_optimizers=_SKIPPED_SIMPLIFIER_PASSES)
     except Exception as error:  # onnxsim wraps C++ errors in generic exceptions
+        explicit_squeeze_axes(proto)
         return proto, f"onnxsim failed: {first_line(error)}"
     if not ok:
+        explicit_squeeze_axes(proto)
         return proto, "onnxsim's own check failed"
+    explicit_squeeze_axes(simplified)
     return simplified, None
+
+
+def explicit_squeeze_axes(proto: onnx.ModelProto) -> int:
+    """Give every Squeeze without an axes input explicit axes; returns how many were fixed.
+
+    TensorRT's parsers infer omitted axes only from fully static input shapes (10.x importer),
+    and 11.x announces omitted axes only from 11.5: explicit axes are read by every release.
+    Only inputs whose shape inference gives every dim are fixed (the dims equal to 1 are the
+    axes); a Squeeze on symbolic dims is left for `segexport check-trt` to report.
+    """
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        return 0
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    shapes = {
+        v.name: v.type.tensor_type.shape
+        for v in [*inferred.value_info, *inferred.input]
+        if v.type.tensor_type.HasField("shape")
+    }
+    shapes.update(
+        {
+            init.name: onnx.TensorShapeProto(dim=[{"dim_value": d} for d in init.dims])
+            for init in proto.graph.initializer
+        }
+    )
+    fixed = 0
+    for node in proto.graph.node:
+        if node.op_type != "Squeeze" or (len(node.input) > 1 and node.input[1]):
+            continue
+        shape = shapes.get(node.input[0])
+        if shape is None or not all(d.HasField("dim_value") for d in shape.dim):
+            continue
+        axes = [i for i, d in enumerate(shape.dim) if d.dim_value == 1]
+        name = f"{node.name or node.output[0]}_axes"
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(axes, dtype=np.int64), name))
+        del node.input[1:]
+        node.input.append(name)
+        fixed += 1
+    return fixed
 
 
 def versions() -> dict[str, str]:
@@ -581,6 +625,9 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
                 + " | ".join(report.failures()[:3])
             )
         manifest["files"] = describe_files(staging)
+        manifest["trt_readiness"] = readiness.check_artifacts(staging, "all", manifest)
+        for line in readiness.summary_lines(manifest["trt_readiness"]):
+            say(line)
         write_json_atomic(staging / "manifest.json", manifest)
     return manifest
 

@@ -43,16 +43,23 @@ QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 @dataclass(frozen=True)
 class Int8Scheme:
-    """Where Q/DQ goes and how activations are encoded; weights are always symmetric per-channel INT8."""
+    """Where Q/DQ goes and how activations are encoded; weights are always symmetric per-channel INT8.
+
+    `inputs_only`: Q/DQ only where a quantized op reads it, as TensorRT's placement guidance
+    asks (quantize the inputs of weighted ops, not their outputs); every other reader of a
+    quantized tensor (a residual Add, a layer kept float) reads the float tensor. It also
+    keeps grouped convolutions whose channels per group TensorRT cannot run in INT8 float.
+    """
 
     unsigned_activations: bool
     ops: tuple[str, ...]
     purpose: str
+    inputs_only: bool = False
 
 
 INT8_SCHEMES = {
     # TensorRT: signed INT8 with zero point 0 everywhere (the only Q/DQ it accepts).
-    "int8": Int8Scheme(False, QUANTIZED_OPS, "TensorRT (symmetric INT8, zero point 0)"),
+    "int8": Int8Scheme(False, QUANTIZED_OPS, "TensorRT (symmetric INT8, zero point 0)", inputs_only=True),
     # ONNX Runtime on x86: asymmetric UINT8 activations let a Relu/Clip before a Q fold
     # into the zero point and hit the U8S8 (VNNI) kernels; MatMul stays float because its
     # int8 kernels are slower than FP32 GEMM at SegFormer's token shapes (measured: 0.97x
@@ -67,7 +74,28 @@ def to_fp16(model: onnx.ModelProto, keep_fp32_ops: Sequence[str] = FP32_OPS) -> 
 
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(keep_fp32_ops))
     remove_cast_round_trips(converted)
+    sort_topologically(converted)
     return converted
+
+
+def sort_topologically(model: onnx.ModelProto) -> None:
+    """Put every node after the producers of its inputs (ONNX requires it; the FP16 converter
+    and the QDQ quantizer append the nodes they add at the end). Stable: a graph already in
+    order is unchanged."""
+    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending = list(model.graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise SegexportError(f"graph has a cycle or a missing input near node {pending[0].name!r}")
+        ready_ids = {id(n) for n in ready}
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if id(n) not in ready_ids]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
 
 
 def _element_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -273,6 +301,8 @@ def to_int8(
         {name: (np.float32(low), np.float32(high)) for name, (low, high) in calibration.ranges.items()},
     )
     excluded = sorted({*output_producers(model), *keep_float})
+    if scheme.inputs_only:
+        excluded = sorted({*excluded, *int8_incapable_convs(model)})
     quantizer = QDQQuantizer(
         onnx.ModelProto.FromString(model.SerializeToString()),
         True,  # per-channel weights
@@ -288,9 +318,81 @@ def to_int8(
             "ActivationSymmetric": not scheme.unsigned_activations,
             "WeightSymmetric": True,
             "QuantizeBias": False,
+            "OpTypesToExcludeOutputQuantization": list(scheme.ops) if scheme.inputs_only else [],
         },
     )
-    return quantizer.quantize_model()
+    quantized = quantizer.quantize_model()
+    if scheme.inputs_only:
+        quantized_nodes = {n.name for n in model.graph.node if n.op_type in scheme.ops} - set(excluded)
+        float_readers_read_float(quantized, quantized_nodes)
+    sort_topologically(quantized)
+    return quantized
+
+
+# TensorRT's NvInfer.h (IConvolutionLayer::setNbGroups, every 10.x/11.x release): "When using
+# groups in int8 mode, the size of the groups ... must be a multiple of 4 for both input and output."
+INT8_GROUP_MULTIPLE = 4
+
+
+def int8_incapable_convs(model: onnx.ModelProto) -> list[str]:
+    """Grouped convolutions (e.g. SegFormer's depthwise 3x3) TensorRT cannot run in INT8."""
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        shape = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type not in ("Conv", "ConvTranspose") or group == 1 or not shape:
+            continue
+        if node.op_type == "Conv":
+            per_group_in, per_group_out = shape[1], shape[0] // group
+        else:
+            per_group_in, per_group_out = shape[0] // group, shape[1]
+        if per_group_in % INT8_GROUP_MULTIPLE or per_group_out % INT8_GROUP_MULTIPLE:
+            found.append(node.name)
+    return found
+
+
+def float_readers_read_float(model: onnx.ModelProto, quantized_nodes: set[str]) -> int:
+    """Rewire every reader of an activation DequantizeLinear that is not a quantized node back
+    to the float tensor the Q/DQ pair came from; drop pairs nobody reads any more.
+
+    ONNX Runtime's quantizer points all readers of a quantized tensor at its DQ, so a residual
+    Add or a layer kept float would compute on INT8-rounded values. Returns readers rewired.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name for init in model.graph.initializer}
+    rewired = 0
+    for node in model.graph.node:
+        if node.name in quantized_nodes or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for index, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in initializers:
+                continue
+            quantize = producer.get(dq.input[0])
+            if quantize is None or quantize.op_type != "QuantizeLinear":
+                continue
+            node.input[index] = quantize.input[0]
+            rewired += 1
+    graph_outputs = {o.name for o in model.graph.output}
+    while True:
+        read = {name for node in model.graph.node for name in node.input} | graph_outputs
+        unread = [
+            n
+            for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            and not any(out in read for out in n.output)
+        ]
+        if not unread:
+            break
+        dropped = {id(n) for n in unread}
+        kept = [n for n in model.graph.node if id(n) not in dropped]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    read = {name for node in model.graph.node for name in node.input}
+    for init in [init for init in model.graph.initializer if init.name not in read]:
+        model.graph.initializer.remove(init)
+    return rewired
 
 
 def qdq_pair_count(model: onnx.ModelProto) -> int:

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 
-from segexport import precision
+from segexport import precision, readiness
 from segexport.compare import OutputStats, Tolerance
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
 from segexport.errors import SegexportError
@@ -36,6 +37,7 @@ from segexport.runtime.artifacts import (
     vouched_path,
     write_json_atomic,
 )
+from segexport.shapes import InputShape
 from segexport.zoo import get_spec
 
 Progress = Callable[[str], None]
@@ -63,12 +65,14 @@ class QuantizeRequest:
 
 @dataclass
 class EvalSet:
-    """Preprocessed evaluation images, their ground truth (if any) and PyTorch's answers."""
+    """Evaluation feeds (preprocessed images, or RoI features), ground truth (if any) and
+    PyTorch's answers; `label_output` when the output is a per-class score map."""
 
-    inputs: list[np.ndarray]
+    feeds: list[dict[str, np.ndarray]]
     labels: list[np.ndarray] | None
     reference: list[np.ndarray]
     class_names: tuple[str, ...]
+    label_output: bool = True
 
 
 def calibration_batches(
@@ -98,8 +102,16 @@ def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) ->
     """The synthetic eval split when the model was trained on it; random inputs otherwise."""
     spec = get_spec(manifest["model"]["name"])
     class_names = tuple(manifest["model"]["class_names"])
-    size = data_size(manifest)
     reference = TorchRunner(reference_model(manifest), spec.output_names, threads)
+    if spec.input_kind != "image":  # RoI heads: seeded random RoI features, 4 RoIs each
+        seeded = torch.Generator().manual_seed(0)
+        feeds = [
+            {k: v.numpy() for k, v in spec.example_inputs(InputShape(4), len(class_names), seeded).items()}
+            for _ in range(count)
+        ]
+        outputs = [reference.infer(feed)[spec.output_names[0]] for feed in feeds]
+        return EvalSet(feeds, None, outputs, class_names, spec.output_names[0] in spec.logits_outputs)
+    size = data_size(manifest)
     prep = manifest["preprocessing"]
     inputs: list[np.ndarray] = []
     labels: list[np.ndarray] | None = []
@@ -113,17 +125,17 @@ def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) ->
         generator = np.random.default_rng(0)
         inputs = [generator.normal(size=(1, 3, *size)).astype(np.float32) for _ in range(count)]
     outputs = [reference.infer({"image": x})[spec.output_names[0]] for x in inputs]
-    return EvalSet(inputs, labels, outputs, class_names)
+    return EvalSet([{"image": x} for x in inputs], labels, outputs, class_names)
 
 
 def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[str, Any]:
     """Agreement, relative L2 and mIoU of an ONNX file (or any runner) against PyTorch FP32."""
     runner = OnnxRuntimeRunner(path, threads=threads) if isinstance(path, Path) else path
     name = runner.output_names[0]
-    stats = OutputStats(name, labels=True)
-    for index, (x, expected) in enumerate(zip(evalset.inputs, evalset.reference, strict=True)):
+    stats = OutputStats(name, labels=evalset.label_output)
+    for index, (feed, expected) in enumerate(zip(evalset.feeds, evalset.reference, strict=True)):
         truth = None if evalset.labels is None else evalset.labels[index]
-        actual = runner.infer({"image": x})[name]
+        actual = runner.infer(feed)[name]
         if name == MASK_OUTPUT:  # `--head mask`: class ids, against PyTorch's argmax
             expected = expected.argmax(axis=1).astype(actual.dtype)
         stats.add(expected, actual, truth)
@@ -132,7 +144,7 @@ def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[
         "agreement": figures.agreement,
         "rel_l2": figures.rel_l2,
         "nonfinite": figures.nonfinite,
-        "images": len(evalset.inputs),
+        "images": len(evalset.feeds),
     }
     if evalset.labels is not None:
         result["miou"] = figures.miou
@@ -141,14 +153,14 @@ def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[
 
 
 def sensitivity_ranking(
-    fp32: onnx.ModelProto, int8: onnx.ModelProto, inputs: list[np.ndarray], workdir: Path
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], workdir: Path
 ) -> list[tuple[str, float]]:
     """Quantized compute nodes ordered by how much error each adds (its output error minus
     the largest error of the compute nodes feeding it)."""
     compute = [n for n in fp32.graph.node if n.op_type in precision.QUANTIZED_OPS]
     names = {n.output[0]: n.name for n in compute}
     errors: dict[str, float] = {}
-    feeds = [{"image": x} for x in inputs[:4]]
+    feeds = feeds[:4]
     outputs = {
         tag: run_exposed(model, names, feeds, workdir / f"probe_{tag}.onnx")
         for tag, model in (("fp32", fp32), ("int8", int8))
@@ -194,8 +206,12 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     directory = artifact_directory(request.artifacts, request.model, request.weights, say)
     manifest = read_manifest(directory)
     fp32_path = vouched_path(directory, "model.onnx", manifest)
-    if get_spec(manifest["model"]["name"]).input_kind != "image":
-        raise SegexportError(f"{manifest['model']['name']}: quantize handles image models")
+    spec = get_spec(manifest["model"]["name"])
+    if spec.input_kind != "image" and (request.int8 or request.int8_cpu):
+        raise SegexportError(
+            f"{spec.name}: INT8 needs calibration data for its inputs ({', '.join(spec.input_names)}), "
+            "which only a detector's backbone can provide; use --fp16 (checked on random RoI features)"
+        )
     wanted_files = {
         "model.fp16.onnx": request.fp16,
         "model.int8.onnx": request.int8,
@@ -229,6 +245,9 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
                 results[name] = _int8(name, request, directory, fp32, calibration, evalset, workdir, say)
     manifest["precisions"] = results
     manifest["files"] = describe_files(directory)
+    manifest["trt_readiness"] = readiness.check_artifacts(directory, "all", manifest)
+    for line in readiness.summary_lines(manifest["trt_readiness"]):
+        say(line)
     write_json_atomic(directory / "manifest.json", manifest)
     return manifest
 
@@ -280,7 +299,7 @@ def _int8(
     measured = measure(path, evalset, request.threads)
     if measured["agreement"] < request.min_agreement:
         say(f"agreement {measured['agreement']:.4f} < {request.min_agreement}: ranking layers by sensitivity")
-        ranking = sensitivity_ranking(fp32, int8, evalset.inputs, workdir)
+        ranking = sensitivity_ranking(fp32, int8, evalset.feeds, workdir)
         count = 1
         while measured["agreement"] < request.min_agreement and count <= len(ranking):
             kept = [node for node, _ in ranking[:count]]
@@ -304,7 +323,13 @@ def _int8(
             "percentile": calibration.percentile,
             "cache": "calib.json",
         },
-        "kept_float": sorted({*precision.output_producers(fp32), *kept}),
+        "kept_float": sorted(
+            {
+                *precision.output_producers(fp32),
+                *kept,
+                *(precision.int8_incapable_convs(fp32) if scheme.inputs_only else []),
+            }
+        ),
         "sensitivity_fallback": kept,
         "qdq_pairs": precision.qdq_pair_count(int8),
         "seconds": round(time.perf_counter() - started, 2),

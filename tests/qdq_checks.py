@@ -38,7 +38,11 @@ def assert_qdq_well_formed(
         scale = np.asarray(pair["scale"])
         assert np.all(np.isfinite(scale)) and np.all(scale > 0), pair["node"]
         for op_type, index, consumer in pair["consumers"]:
-            assert op_type in scheme.ops or not pair["is_weight"], (pair["node"], op_type)
+            # Weights always, activations too where the scheme puts Q/DQ only on compute-op inputs.
+            assert op_type in scheme.ops or not (pair["is_weight"] or scheme.inputs_only), (
+                pair["node"],
+                op_type,
+            )
             if pair["is_weight"] and index == 1:
                 ndim = len(pair["weight_shape"])
                 expected = weight_axis(op_type, consumer, ndim)

@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 
+from segexport import precision, readiness
 from segexport.compare import Tolerance
 from segexport.errors import SegexportError, VerificationError
 from segexport.export import ExportRequest, export_onnx, plan_export
@@ -18,6 +19,11 @@ from tests.qdq_checks import assert_qdq_well_formed, random_int8
 # FCN's fc6/fc7 are 4096 wide (102M + 16M parameters); a narrow head keeps the test fast
 # while exercising the same graph.
 SMALL_OPTIONS = {"fcn": {"fc_channels": 64}, "fcn8s": {"fc_channels": 64}}
+# Readiness findings a zoo graph keeps (none is an error; README lists them): opset 18 is inside
+# every range, Squeeze axes are explicit, depthwise convs stay float in INT8. SETR resizes its
+# position embedding bicubically (as ViT weights expect): the operator lists say nearest/linear,
+# the parser maps cubic to its bicubic, so that Resize stays "uncertain".
+EXPECTED_NON_ERRORS: dict[str, set[tuple[str, str]]] = {"setr": {("resize-mode", "uncertain")}}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -42,7 +48,18 @@ def test_every_zoo_model_exports_verifies_and_quantizes(name: str, tmp_path: Pat
         assert graph_input[2:] == ["height", "width"]
         other_aspects = {s["shape"] for s in shapes} - {"1x64x64", "2x64x64"}
         assert other_aspects, "no shape with another aspect ratio was verified"
-    assert assert_qdq_well_formed(random_int8(tmp_path / name)) > 0
+    assert not readiness.findings_for(manifest["trt_readiness"], "model.onnx", "10.3", "error")
+    fp32 = onnx.load(str(tmp_path / name / "model.onnx"))
+    int8 = random_int8(tmp_path / name)
+    assert assert_qdq_well_formed(int8) > 0
+    graphs = {"fp32": fp32, "fp16": precision.to_fp16(fp32), "int8": int8}
+    for tag, graph in graphs.items():
+        onnx.checker.check_model(graph, full_check=True)  # valid ONNX: topological order, types
+        findings = readiness.check_model(graph, ["10.3", "10.x", "11.x"])
+        errors = [f for f in findings if f.severity == "error"]
+        assert not errors, (tag, errors[:3])
+        kept = {(f.rule, f.severity) for f in findings}
+        assert kept == EXPECTED_NON_ERRORS.get(name, set()), (tag, kept)
 
 
 def test_manifest_records_what_users_need(small_artifact: Path) -> None:

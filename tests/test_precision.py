@@ -162,3 +162,69 @@ def test_chained_cast_round_trips_are_all_removed() -> None:
     assert [n.name for n in model.graph.node] == ["first", "last"]
     assert removed == 2 and precision.cast_round_trips(model) == []
     onnx.checker.check_model(model)
+
+
+def test_int8_qdq_sits_on_compute_inputs_only() -> None:
+    """x -> convA -> y -> convB (kept float) and y -> Add(y, x): neither the kept-float conv nor
+    the residual Add may read an INT8-rounded tensor; convA's output is not quantized; the
+    depthwise convC (1 channel per group) stays float; the graph is valid ONNX."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "wa": rng.normal(size=(4, 4, 3, 3)),
+        "wb": rng.normal(size=(4, 4, 3, 3)),
+        "wc": rng.normal(size=(4, 1, 3, 3)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="convA", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "wb"], ["b"], name="convB", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "wc"], ["c"], name="convC", pads=[1, 1, 1, 1], group=4),
+        helper.make_node("Add", ["a", "x"], ["r"], name="residual"),
+        helper.make_node("Sum", ["b", "c", "r"], ["s"], name="sum"),
+        helper.make_node("Conv", ["s", "wa"], ["y"], name="head", pads=[1, 1, 1, 1]),
+    ]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [value("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [value("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    ranges = {name: (-4.0, 4.0) for name in ("x", "a", "b", "c", "r", "s", "y")}
+    int8 = precision.to_int8(model, precision.Calibration("minmax", ranges, "sha", 1), keep_float=["convB"])
+    onnx.checker.check_model(int8, full_check=True)
+    producer = {out: node for node in int8.graph.node for out in node.output}
+    reads = {
+        node.name: [producer[i].op_type if i in producer else i for i in node.input]
+        for node in int8.graph.node
+    }
+    assert reads["convA"] == ["DequantizeLinear", "DequantizeLinear"]  # data and weights quantized
+    assert reads["convB"] == ["Conv", "wb"]  # kept float: reads the float tensor
+    assert reads["convC"][0] == "Conv" and reads["convC"][1] == "wc"  # depthwise: float
+    assert reads["residual"] == ["Conv", "x"]
+    assert "DequantizeLinear" not in reads["sum"]
+    assert precision.int8_incapable_convs(model) == ["convC"]
+
+
+@pytest.mark.slow
+def test_roi_head_gets_fp16_and_a_clear_int8_refusal(tmp_path: Path) -> None:
+    """maskrcnn-mask-head: FP16 (checked on seeded random RoI features) so `segexport trt --fp16`
+    has a graph; INT8 refused with the reason (no RoI-feature calibration data here)."""
+    import torch
+
+    from segexport.export import ExportRequest, export_onnx
+    from segexport.zoo import create_model
+
+    weights = tmp_path / "mask.pt"
+    torch.save(create_model("maskrcnn-mask-head").state_dict(), weights)
+    export_onnx(ExportRequest("maskrcnn-mask-head", weights=str(weights), out_dir=tmp_path / "a"))
+    with pytest.raises(SegexportError, match="INT8 needs calibration data"):
+        quantize_artifact(QuantizeRequest(artifacts=tmp_path / "a", fp16=False, int8=True))
+    manifest = quantize_artifact(
+        QuantizeRequest(artifacts=tmp_path / "a", fp16=True, int8=False, eval_images=2)
+    )
+    assert manifest["precisions"]["fp16"]["rel_l2"] < 1e-2
+    assert manifest["trt_readiness"]["files"]["model.fp16.onnx"]["counts"]["error"] == 0
