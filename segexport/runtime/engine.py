@@ -49,7 +49,6 @@ import numpy as np
 
 from segexport.errors import SegexportError, UnavailableError, first_line
 from segexport.runtime.artifacts import vouched_bytes
-from segexport.runtime.inputs import check_input_shapes
 from segexport.runtime.cuda import (
     Cuda,
     CudaError,
@@ -59,6 +58,7 @@ from segexport.runtime.cuda import (
     Stream,
     import_cudart,
 )
+from segexport.runtime.inputs import check_input_shapes
 
 log = logging.getLogger(__name__)
 
