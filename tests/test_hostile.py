@@ -176,6 +176,24 @@ def test_names_that_escape_the_directory_are_refused(artifact: Path, name: str) 
         vouched_bytes(artifact, name, manifest)  # a manifest handed over in memory is checked too
 
 
+def test_manifest_cannot_list_itself(artifact: Path) -> None:
+    manifest = read_manifest(artifact)
+    manifest["files"]["manifest.json"] = manifest["files"]["model.onnx"]
+    revouch(artifact, manifest)
+    with pytest.raises(SegexportError, match=r"field 'files\.manifest\.json' is the manifest itself"):
+        read_manifest(artifact)
+
+
+def test_a_planted_huge_file_is_refused_without_reading_it(artifact: Path) -> None:
+    with (artifact / "model.onnx").open("r+b") as handle:
+        handle.truncate(1 << 40)  # a sparse terabyte: reading it would exhaust memory
+    with pytest.raises(SegexportError, match=r"1099511627776 bytes does not match the manifest's \d+"):
+        open_artifact(artifact)
+    (artifact / "manifest.json").write_bytes(b" " * (17 << 20))
+    with pytest.raises(SegexportError, match="a manifest is a few KB"):
+        read_manifest(artifact)
+
+
 def test_symlinked_model_is_refused_even_when_its_target_matches(tmp_path: Path, artifact: Path) -> None:
     outside = tmp_path / "elsewhere.onnx"
     shutil.move(artifact / "model.onnx", outside)

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
 # Hidden work files: `.NAME.partial-PID-XXXX` (staged directories), `.NAME.old-PID-XXXX`
 # (a replaced directory on its way out), `.NAME.tmp-PID-XXXX` (atomic writes). The pid
 # tells a dead run's leftovers from a live run's work.
@@ -69,11 +70,12 @@ def _plain(directory: Path, name: str) -> Path:
     return directory / name
 
 
-def read_contained(directory: Path, name: str) -> bytes:
+def read_contained(directory: Path, name: str, size: int | None = None) -> bytes:
     """The bytes of a regular file directly inside `directory`, never through a symlink.
 
     The name must be plain and the file is opened with O_NOFOLLOW and checked on the open
-    descriptor, so what is read is what was checked.
+    descriptor, so what is read is what was checked. With `size`, a file of another size is
+    refused before it is read (a 100 GB file planted under a model's name costs nothing).
     """
     path = _plain(directory, name)
     try:
@@ -87,8 +89,13 @@ def read_contained(directory: Path, name: str) -> bytes:
             raise SegexportError(f"{path}: is a symbolic link; artifacts hold plain files only") from None
         raise SegexportError(f"{path}: cannot read it ({error.strerror})") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise SegexportError(f"{path}: not a regular file; artifacts hold plain files only")
+        if size is not None and status.st_size != size:
+            raise SegexportError(
+                f"{path}: {status.st_size} bytes does not match the manifest's {size}; the file changed"
+            )
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as handle:
             return handle.read()
@@ -127,7 +134,7 @@ def vouched_bytes(directory: Path, name: str, manifest: dict[str, Any] | None = 
     if entry is None:
         raise SegexportError(f"{path}: not listed in {MANIFEST}; refusing to load it")
     try:
-        data = read_contained(directory, name)
+        data = read_contained(directory, name, entry["bytes"])
     except SegexportError as error:
         raise SegexportError(f"{error} (listed in {MANIFEST}); refusing to load it") from None
     actual = hashlib.sha256(data).hexdigest()
@@ -239,7 +246,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SegexportError(f"{directory}: no {MANIFEST}; is this a segexport artifact directory?")
     try:
-        data = json.loads(read_contained(directory, MANIFEST))
+        raw = read_contained(directory, MANIFEST)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise SegexportError(f"{path}: {len(raw)} bytes; a manifest is a few KB, refusing it")
+        data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise SegexportError(f"{path}: unreadable manifest ({error})") from error
     if not isinstance(data, dict) or "files" not in data:

@@ -108,7 +108,7 @@ def validate_manifest(data: Any, source: Path) -> dict[str, Any]:
 
 def _files(check: _Checker, value: Any) -> None:
     for name, entry in check.mapping(value, "files").items():
-        problem = plain_name_problem(name)
+        problem = "is the manifest itself" if name == "manifest.json" else plain_name_problem(name)
         if problem:
             raise check.fail(f"files.{name}", problem)
         entry = check.mapping(entry, f"files.{name}")
