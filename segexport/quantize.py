@@ -279,6 +279,8 @@ def check_request(request: QuantizeRequest) -> None:
         raise SegexportError(f"--min-agreement must be in [0, 1], got {request.min_agreement}")
     if request.method not in METHODS:
         raise SegexportError(f"--method {request.method!r}: use one of {', '.join(METHODS)}")
+    if request.calib_cache is not None and not request.calib_cache.is_file():
+        check_writable_directory(request.calib_cache.parent, "--calib-cache is created there")
 
 
 def _calibration(

@@ -594,6 +594,15 @@ def test_bad_options_are_refused_before_any_work(
     assert json.loads(stdout)["ok"] is False
 
 
+def test_unwritable_calibration_cache_is_refused_before_calibrating(artifact: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, stderr = run("quantize", "--artifacts", str(artifact), "--calib-cache", str(blocker / "c.json"))
+    assert_one_line_error(code, stderr, "--calib-cache is created there")
+    with pytest.raises(SegexportError, match="cannot write"):
+        atomic_write(blocker / "c.json", lambda temp: temp.write_text("{}"))
+
+
 def test_api_refuses_what_the_cli_would(artifact: Path) -> None:
     from segexport.export import ExportRequest, plan_export
     from segexport.quantize import QuantizeRequest, quantize_artifact

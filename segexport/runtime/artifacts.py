@@ -223,7 +223,10 @@ def atomic_write(path: Path, write: Callable[[Path], object], force: bool = True
         raise SegexportError(f"{path} already exists; pass --force to replace it")
     if path.is_dir() and not path.is_symlink():
         raise SegexportError(f"{path} is a directory; refusing to replace it with a file")
-    fd, temp = tempfile.mkstemp(prefix=_work_prefix(path.name, "tmp"), dir=path.parent)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=_work_prefix(path.name, "tmp"), dir=path.parent)
+    except OSError as error:
+        raise SegexportError(f"cannot write {path} ({error.strerror})") from None
     os.close(fd)
     try:
         write(Path(temp))
