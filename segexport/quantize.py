@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +201,6 @@ def sensitivity_ranking(
     return sorted(added, key=lambda item: -item[1])
 
 
-def _write_model(model: onnx.ModelProto, path: Path) -> None:
-    """Replaces what is there: the caller has refused vouched files without --force."""
-    atomic_write(path, lambda temp: onnx.save(model, str(temp)))
-
-
 def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Write model.fp16.onnx / model.int8.onnx / model.int8-cpu.onnx beside model.onnx.
 
@@ -242,19 +239,22 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
         if request.fp16:
             say("converting to FP16 (normalisation and softmax kept in FP32)")
             started = time.perf_counter()
-            fp16 = precision.to_fp16(fp32)
-            _write_model(fp16, directory / "model.fp16.onnx")
+            onnx.save(precision.to_fp16(fp32), str(workdir / "model.fp16.onnx"))
             results["fp16"] = {
-                **measure(directory / "model.fp16.onnx", evalset, request.threads),
+                **measure(workdir / "model.fp16.onnx", evalset, request.threads),
                 "kept_fp32_ops": list(precision.FP32_OPS),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         schemes = (("int8", request.int8), ("int8-cpu", request.int8_cpu))
         int8_names = [name for name, flag in schemes if flag]
         if int8_names:
-            calibration = _calibration(request, directory, fp32_path, manifest, workdir, say)
+            calibration = _calibration(request, fp32_path, manifest, workdir, say)
             for name in int8_names:
-                results[name] = _int8(name, request, directory, fp32, calibration, evalset, workdir, say)
+                results[name] = _int8(name, request, fp32, calibration, evalset, workdir, say)
+        # Everything was made in the scratch folder; only now, with all of it verified, do the
+        # files land beside the manifest (a failure above leaves the artifact as it was).
+        for name in writes:
+            atomic_write(directory / name, partial(shutil.copyfile, workdir / name))
     manifest["precisions"] = results
     record_files(directory, manifest, writes)
     manifest["trt_readiness"] = readiness.check_artifacts(directory, "all", manifest)
@@ -285,13 +285,13 @@ def check_request(request: QuantizeRequest) -> None:
 
 def _calibration(
     request: QuantizeRequest,
-    directory: Path,
     fp32_path: Path,
     manifest: dict[str, Any],
     workdir: Path,
     say: Progress,
 ) -> precision.Calibration:
-    """Activation ranges from the cache, or from the calibration set; saved as calib.json."""
+    """Activation ranges from the cache, or from the calibration set; saved as calib.json in
+    `workdir` (and as the cache when it is new)."""
     graph_sha = sha256_file(fp32_path)
     if request.calib_cache is not None and request.calib_cache.is_file():
         calibration = precision.Calibration.load(request.calib_cache, graph_sha)
@@ -303,7 +303,7 @@ def _calibration(
         calibration = precision.calibrate(
             fp32_path, batches, request.method, graph_sha, workdir, request.percentile
         )
-    atomic_write(directory / CALIBRATION_FILE, calibration.save)
+    calibration.save(workdir / CALIBRATION_FILE)
     if request.calib_cache is not None and not os.path.lexists(request.calib_cache):
         atomic_write(request.calib_cache, calibration.save)
     return calibration
@@ -312,14 +312,14 @@ def _calibration(
 def _int8(
     name: str,
     request: QuantizeRequest,
-    directory: Path,
     fp32: onnx.ModelProto,
     calibration: precision.Calibration,
     evalset: EvalSet,
     workdir: Path,
     say: Progress,
 ) -> dict[str, Any]:
-    """One INT8 scheme, with sensitive layers kept float until the agreement target is met."""
+    """One INT8 scheme, with sensitive layers kept float until the agreement target is met;
+    the chosen graph is left in `workdir` as model.<name>.onnx."""
     started = time.perf_counter()
     scheme = precision.INT8_SCHEMES[name]
     kept: list[str] = []
@@ -339,7 +339,6 @@ def _int8(
             measured = measure(path, evalset, request.threads)
             say(f"  {count} layers kept float: agreement {measured['agreement']:.4f}")
             count *= 2
-    _write_model(int8, directory / f"model.{name}.onnx")
     return {
         **measured,
         "scheme": {

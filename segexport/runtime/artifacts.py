@@ -133,8 +133,11 @@ def vouched_bytes(directory: Path, name: str, manifest: dict[str, Any] | None = 
     entry = manifest["files"].get(name)
     if entry is None:
         raise SegexportError(f"{path}: not listed in {MANIFEST}; refusing to load it")
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise SegexportError(f"{path}: its {MANIFEST} entry is malformed; refusing to load it")
+    size = entry.get("bytes")
     try:
-        data = read_contained(directory, name, entry["bytes"])
+        data = read_contained(directory, name, size if isinstance(size, int) else None)
     except SegexportError as error:
         raise SegexportError(f"{error} (listed in {MANIFEST}); refusing to load it") from None
     actual = hashlib.sha256(data).hexdigest()

@@ -43,7 +43,9 @@ def input_shape_problem(manifest: Mapping[str, Any], name: str, shape: Sequence[
     return None
 
 
-def check_input_shapes(manifest: Mapping[str, Any], shapes: Mapping[str, Sequence[int]], who: str) -> None:
+def check_input_shapes(
+    manifest: Mapping[str, Any], shapes: Mapping[str, Sequence[int]], who: str = "model"
+) -> None:
     """Raise SegexportError (naming `who`) when any input shape breaks the manifest's ranges or rule."""
     for name, shape in shapes.items():
         problem = input_shape_problem(manifest, name, shape)
