@@ -775,8 +775,8 @@ def verify(
     type=click.Choice(["rgb", "bgr"]),
     help="Colour order of camera frames [the camera library's].",
 )
-@click.option("--threads", type=int, help="CPU threads for ONNX Runtime.")
-@click.option("--device", type=int, default=0, show_default=True, help="GPU index.")
+@click.option("--threads", type=_POSITIVE, help="CPU threads for ONNX Runtime.")
+@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context
