@@ -853,11 +853,15 @@ def _frame_progress(done: int, total: int | None, fps: float) -> None:
 )
 @click.option("--engine", help="Engine file when the artifact has several (e.g. model.fp16.engine).")
 @click.option("--max-batch", type=int, help="max_batch_size [the artifact's or profile's largest batch].")
-@click.option("--instances", type=int, default=1, show_default=True, help="Model instances per device.")
+@click.option("--instances", type=_POSITIVE, default=1, show_default=True, help="Model instances per device.")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True)
 @click.option("--dynamic-batching", is_flag=True, help="Let Triton combine requests into batches.")
 @click.option("--preferred-batch", help="Preferred batch sizes, e.g. 4,8 (implies --dynamic-batching).")
-@click.option("--max-queue-delay-us", type=int, help="How long a request may wait for a batch (implies it).")
+@click.option(
+    "--max-queue-delay-us",
+    type=click.IntRange(min=0),
+    help="How long a request may wait for a batch (implies it).",
+)
 @click.option(
     "--ort-trt",
     type=click.Choice(["fp16", "int8"]),

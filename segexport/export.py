@@ -597,7 +597,7 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
     plan = plan_export(request)
     spec = plan.spec
     started = time.perf_counter()
-    with staged_directory(plan.out_dir, request.force) as staging:
+    with staged_directory(plan.out_dir, request.force, artifacts_only=True) as staging:
         say(f"[1/4] building {spec.name} ({plan.num_classes} classes)")
         model = build_model(plan)
         source_check = None

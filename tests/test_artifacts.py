@@ -65,7 +65,6 @@ def test_staged_directory_is_all_or_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     with staged_directory(target, force=False) as staging:
         (staging / "model.onnx").write_text("v1")
-        (staging / "manifest.json").write_text('{"files": {}}')  # --force replaces artifacts only
     assert (target / "model.onnx").read_text() == "v1"
     with pytest.raises(SegexportError, match="already exists"), staged_directory(target, force=False):
         pass

@@ -281,9 +281,10 @@ def _is_artifact(target: Path) -> bool:
     return isinstance(data, dict) and "files" in data
 
 
-def check_writable_target(target: Path, force: bool) -> None:
-    """Fail before any work if the artifact could not be written, or `--force` would
-    replace something that is not a segexport artifact."""
+def check_writable_target(target: Path, force: bool, artifacts_only: bool = False) -> None:
+    """Fail before any work if the directory could not be written, or `--force` would replace
+    a symlink, a file or the current directory (or, with `artifacts_only`, anything but a
+    segexport artifact directory)."""
     target = Path(os.path.abspath(target))
     if target.parent == target:
         raise SegexportError(f"{target}: refusing to write an artifact over the filesystem root")
@@ -293,7 +294,7 @@ def check_writable_target(target: Path, force: bool) -> None:
         if target.is_symlink() or not target.is_dir():
             kind = "a symbolic link" if target.is_symlink() else "not a directory"
             raise SegexportError(f"{target} is {kind}; --force replaces only artifact directories")
-        if not _is_artifact(target):
+        if artifacts_only and not _is_artifact(target):
             raise SegexportError(
                 f"{target} holds no segexport manifest; --force replaces only artifact directories, "
                 "refusing to delete it (choose another --out)"
@@ -337,9 +338,9 @@ def clean_stale_partials(directory: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def staged_directory(target: Path, force: bool) -> Iterator[Path]:
+def staged_directory(target: Path, force: bool, artifacts_only: bool = False) -> Iterator[Path]:
     """Yield an empty hidden directory that replaces `target` only if the block succeeds."""
-    check_writable_target(target, force)
+    check_writable_target(target, force, artifacts_only)
     target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(target.parent)
@@ -348,7 +349,7 @@ def staged_directory(target: Path, force: bool) -> Iterator[Path]:
         yield staging
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the usual directory mode
         if os.path.lexists(target):
-            check_writable_target(target, force)  # still an artifact directory, right before it goes
+            check_writable_target(target, force, artifacts_only)  # still replaceable, right before it goes
             retired = Path(tempfile.mkdtemp(prefix=_work_prefix(target.name, "old"), dir=target.parent))
             try:
                 os.replace(target, retired / target.name)
