@@ -81,7 +81,8 @@ def validate_manifest(data: Any, source: Path) -> dict[str, Any]:
             field = f"{section}[{index}]"
             tensor = check.mapping(tensor, field)
             check.string(check.key(tensor, "name", field), f"{field}.name")
-            check.string(check.key(tensor, "dtype", field), f"{field}.dtype")
+            if "dtype" in tensor:
+                check.string(tensor["dtype"], f"{field}.dtype")
             for axis, dim in enumerate(check.listing(check.key(tensor, "shape", field), f"{field}.shape")):
                 if not isinstance(dim, str):
                     check.integer(dim, f"{field}.shape[{axis}]")
