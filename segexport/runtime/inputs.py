@@ -16,10 +16,12 @@ from segexport.errors import SegexportError
 
 def input_shape_problem(manifest: Mapping[str, Any], name: str, shape: Sequence[int]) -> str | None:
     """Why `shape` for input `name` is outside what the manifest vouches for, or None."""
-    declared = {tensor["name"]: tensor["shape"] for tensor in manifest["inputs"]}
+    declared = {tensor["name"]: tensor.get("shape") for tensor in manifest["inputs"]}
     if name not in declared:
         return f"the model has no input {name!r}; it takes {', '.join(declared)}"
     dims = declared[name]
+    if dims is None:
+        return None  # a manifest without the shape (hand-written) leaves it to the backend
     shown = "x".join(str(d) for d in shape)
     if len(shape) != len(dims):
         return f"input {name} has {len(shape)} dimensions ({shown}); the model takes {len(dims)}: {dims}"

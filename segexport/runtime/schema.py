@@ -83,7 +83,7 @@ def validate_manifest(data: Any, source: Path) -> dict[str, Any]:
             check.string(check.key(tensor, "name", field), f"{field}.name")
             if "dtype" in tensor:
                 check.string(tensor["dtype"], f"{field}.dtype")
-            for axis, dim in enumerate(check.listing(check.key(tensor, "shape", field), f"{field}.shape")):
+            for axis, dim in enumerate(check.listing(tensor.get("shape", []), f"{field}.shape")):
                 if not isinstance(dim, str):
                     check.integer(dim, f"{field}.shape[{axis}]")
     for dim_name, bounds in check.mapping(check.key(manifest, "dynamic_axes", ""), "dynamic_axes").items():
