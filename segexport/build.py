@@ -22,10 +22,12 @@ from segexport.reference import data_size, verify_runners
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import (
     atomic_write,
-    describe_files,
+    check_vouched_files,
+    check_writable_directory,
+    clean_stale_partials,
     read_manifest,
+    record_files,
     vouched_path,
-    write_json_atomic,
 )
 from segexport.runtime.engine import (
     GpuIdentity,
@@ -222,10 +224,14 @@ def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, 
         weights = _default_weights(request.model)
     directory = artifact_directory(request.artifacts, request.model, weights, say)
     target = directory / engine_file(options.precision)
-    if target.exists() and not request.force:
+    manifest = read_manifest(directory)
+    check_writable_directory(directory, "the engine is written there")
+    clean_stale_partials(directory)
+    check_vouched_files(directory, manifest, rewriting=[target.name])
+    if target.name in manifest["files"] and not request.force:
         raise SegexportError(f"{target} already exists; pass --force to replace it")
     source = "model.onnx" if options.legacy_fp16_flag else SOURCE_ONNX[options.precision]
-    if source not in read_manifest(directory)["files"]:
+    if source not in manifest["files"]:
         say(f"no {source} in {directory}: running the {options.precision.upper()} stage first")
         quantize_artifact(
             QuantizeRequest(
@@ -302,12 +308,18 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
             f"{engine_file(options.precision)} fails its parity check; no engine written. "
             + " | ".join(report.failures()[:3])
         )
-    target = directory / engine_file(options.precision)
-    atomic_write(target, lambda temp: temp.write_bytes(plan), request.force)
-    manifest.setdefault("engines", {})[target.name] = record
-    manifest["files"] = describe_files(directory)
-    write_json_atomic(directory / "manifest.json", manifest)
-    return manifest
+    return record_engine(directory, manifest, engine_file(options.precision), plan, record)
+
+
+def record_engine(
+    directory: Path, manifest: dict[str, Any], name: str, plan: bytes, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the engine and vouch for it (only it: what else is in the directory stays as
+    the manifest had it). The caller has refused a vouched engine without --force."""
+    check_vouched_files(directory, manifest, rewriting=[name])  # before the engine lands beside them
+    atomic_write(directory / name, lambda temp: temp.write_bytes(plan))
+    manifest.setdefault("engines", {})[name] = record
+    return record_files(directory, manifest, [name])
 
 
 def engine_build_record(

@@ -7,6 +7,7 @@ User mistakes (SegexportError) end with one line on stderr and a non-zero exit; 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,37 @@ from segexport.shapes import InputShape, parse_shape, parse_size
 
 
 class _Group(click.Group):
+    """Every error, click's usage errors included, as one `segexport: error: ...` line."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.exceptions.NoArgsIsHelpError as error:  # bare `segexport`: the help, as click shows it
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            message = error.format_message().replace("\n", " ")
+            context = getattr(error, "ctx", None)
+            message += f" (see '{context.command_path if context else 'segexport'} --help')"
+            if "--json" in argv:
+                click.echo(json.dumps({"ok": False, "error": message}))
+            click.echo(f"segexport: error: {message}", err=True)
+            sys.exit(error.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -40,6 +72,21 @@ def _fail(ctx: click.Context, error: SegexportError) -> NoReturn:
         click.echo(json.dumps({"ok": False, "error": message}))
     click.echo(f"segexport: error: {message}", err=True)
     ctx.exit(error.exit_code)
+
+
+class _Float(click.FloatRange):
+    """A finite float in range (click's FloatRange lets nan and inf through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+_POSITIVE = click.IntRange(min=1)
+_FRACTION = _Float(0.0, 1.0)
+_NON_NEGATIVE = _Float(min=0.0)
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -133,20 +180,27 @@ def zoo(ctx: click.Context, as_json: bool) -> None:
     "elsewhere: a Hugging Face SegFormer directory, an mmseg/timm/port checkpoint "
     "(README: Your own weights).",
 )
-@click.option("--num-classes", type=int, help="Classes of the head (default: the checkpoint's or model's).")
+@click.option(
+    "--num-classes", type=_POSITIVE, help="Classes of the head (default: the checkpoint's or model's)."
+)
 @click.option("--size", callback=_size, help="Export height x width, e.g. 512x512.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Export batch size.")
+@click.option("--batch", type=_POSITIVE, default=1, show_default=True, help="Export batch size.")
 @click.option("--min-size", callback=_size, help="Smallest HxW the artifact accepts.")
 @click.option("--max-size", callback=_size, help="Largest HxW the artifact accepts.")
-@click.option("--max-batch", type=int, help="Largest batch the artifact accepts.")
+@click.option("--max-batch", type=_POSITIVE, help="Largest batch the artifact accepts.")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Artifact dir [artifacts/MODEL].")
-@click.option("--force", is_flag=True, help="Replace an existing artifact directory.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact directory (only a segexport one).")
+@click.option(
+    "--allow-large",
+    is_flag=True,
+    help="Lift the size caps (8 Mpx per verified shape, 8192 per side, batch 1024).",
+)
 @click.option("--verify-shapes", callback=_shapes, help="Extra BxHxW shapes to verify, comma-separated.")
 @click.option(
     "--rtol",
     "max_rel_l2",
-    type=float,
+    type=_NON_NEGATIVE,
     default=1e-4,
     show_default=True,
     help="Largest relative L2 error accepted.",
@@ -158,7 +212,7 @@ def zoo(ctx: click.Context, as_json: bool) -> None:
     callback=_model_args,
     help="Model option KEY=VALUE (e.g. fc_channels=1024); repeatable.",
 )
-@click.option("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime.")
+@click.option("--threads", type=_POSITIVE, help="CPU threads for PyTorch and ONNX Runtime.")
 @click.option(
     "--head",
     type=click.Choice(["logits", "mask", "logits+mask"]),
@@ -188,6 +242,7 @@ def onnx(
     opset: int,
     out_dir: Path | None,
     force: bool,
+    allow_large: bool,
     verify_shapes: list[InputShape] | None,
     max_rel_l2: float,
     model_args: dict[str, Any],
@@ -219,6 +274,7 @@ def onnx(
         threads=threads,
         head=head,
         mask_dtype=mask_dtype,
+        allow_large=allow_large,
     )
     manifest = export_onnx(request, progress=_progress)
     summary = export_summary(manifest, request.out_dir or Path("artifacts") / manifest["model"]["name"])
@@ -246,18 +302,20 @@ def onnx(
     show_default=True,
     help="'synthetic' or a folder with images/, masks/ and classes.txt.",
 )
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--steps", "steps_per_epoch", type=int, default=100, show_default=True, help="Steps per epoch.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--epochs", type=_POSITIVE, default=10, show_default=True)
+@click.option(
+    "--steps", "steps_per_epoch", type=_POSITIVE, default=100, show_default=True, help="Steps per epoch."
+)
+@click.option("--batch-size", type=_POSITIVE, default=8, show_default=True)
 @click.option("--size", callback=_size, default="128x128", show_default=True, help="Training crop HxW.")
 @click.option(
     "--loss", default="ce+dice", show_default=True, help="Terms of ce, dice, focal, lovasz, boundary."
 )
-@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--lr", type=_Float(min=0.0, min_open=True), default=2e-3, show_default=True)
 @click.option(
-    "--eval-images", type=int, default=16, show_default=True, help="Held-out images per evaluation."
+    "--eval-images", type=_POSITIVE, default=16, show_default=True, help="Held-out images per evaluation."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
     "--model-arg", "model_args", multiple=True, callback=_model_args, help="Model option KEY=VALUE."
 )
@@ -371,22 +429,22 @@ def evaluate_command(
     help="Write model.int8-cpu.onnx: asymmetric UINT8 Q/DQ for ONNX Runtime on x86 CPUs (not TensorRT).",
 )
 @click.option("--calib", default="synthetic", show_default=True, help="'synthetic' or a folder of images.")
-@click.option("--calib-size", type=int, default=64, show_default=True, help="Calibration images.")
+@click.option("--calib-size", type=_POSITIVE, default=64, show_default=True, help="Calibration images.")
 @click.option(
     "--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True
 )
-@click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--percentile", type=_Float(0.0, 100.0, min_open=True), default=99.99, show_default=True)
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="Reuse (or create) a calib.json.")
 @click.option(
     "--min-agreement",
-    type=float,
+    type=_FRACTION,
     default=0.99,
     show_default=True,
     help="INT8 argmax agreement with PyTorch FP32 below which sensitive layers stay float.",
 )
-@click.option("--eval-images", type=int, default=16, show_default=True)
+@click.option("--eval-images", type=_POSITIVE, default=16, show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing precision files.")
-@click.option("--threads", type=int)
+@click.option("--threads", type=_POSITIVE)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def quantize(
@@ -451,11 +509,20 @@ def quantize(
 @click.option("--min-size", callback=_size, help="Smallest HxW of the profile [the ONNX's range].")
 @click.option("--opt-size", callback=_size, help="HxW TensorRT tunes for [the export size].")
 @click.option("--max-size", callback=_size, help="Largest HxW of the profile [the ONNX's range].")
-@click.option("--max-batch", type=int, help="Largest batch of the profile [the ONNX's range].")
-@click.option("--workspace", "workspace_gib", type=float, help="Builder workspace limit in GiB.")
+@click.option("--max-batch", type=_POSITIVE, help="Largest batch of the profile [the ONNX's range].")
+@click.option(
+    "--workspace",
+    "workspace_gib",
+    type=_Float(min=0.0, min_open=True),
+    help="Builder workspace limit in GiB.",
+)
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache to read and update.")
-@click.option("--opt-level", type=int, help="Builder optimization level 0-5 [TensorRT's default, 3].")
-@click.option("--dla-core", type=int, help="Build for this DLA core (Jetson, TensorRT 10.x).")
+@click.option(
+    "--opt-level", type=click.IntRange(0, 5), help="Builder optimization level 0-5 [TensorRT's default, 3]."
+)
+@click.option(
+    "--dla-core", type=click.IntRange(min=0), help="Build for this DLA core (Jetson, TensorRT 10.x)."
+)
 @click.option("--gpu-fallback", is_flag=True, help="With --dla-core: run unsupported layers on the GPU.")
 @click.option("--version-compatible", is_flag=True, help="Engine that later TensorRT releases can run.")
 @click.option(
@@ -472,7 +539,7 @@ def quantize(
 @click.option(
     "--ignore-readiness", is_flag=True, help="Build even if check-trt finds errors for this TensorRT."
 )
-@click.option("--threads", type=int, help="CPU threads for the earlier stages and the check.")
+@click.option("--threads", type=_POSITIVE, help="CPU threads for the earlier stages and the check.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def trt(
@@ -598,15 +665,15 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     default="all",
     show_default=True,
 )
-@click.option("--atol", type=float, help="Largest max abs error accepted (default: unchecked).")
-@click.option("--rtol", type=float, help="Largest relative L2 error accepted [per precision].")
+@click.option("--atol", type=_NON_NEGATIVE, help="Largest max abs error accepted (default: unchecked).")
+@click.option("--rtol", type=_NON_NEGATIVE, help="Largest relative L2 error accepted [per precision].")
 @click.option(
-    "--min-agreement", type=float, help="Smallest argmax agreement accepted (default: per precision)."
+    "--min-agreement", type=_FRACTION, help="Smallest argmax agreement accepted (default: per precision)."
 )
 @click.option(
     "--report", type=click.Path(path_type=Path), help="Markdown report [ARTIFACTS/verify_report.md]."
 )
-@click.option("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime.")
+@click.option("--threads", type=_POSITIVE, help="CPU threads for PyTorch and ONNX Runtime.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
 @click.pass_context
 def verify(
@@ -708,8 +775,8 @@ def verify(
     type=click.Choice(["rgb", "bgr"]),
     help="Colour order of camera frames [the camera library's].",
 )
-@click.option("--threads", type=int, help="CPU threads for ONNX Runtime.")
-@click.option("--device", type=int, default=0, show_default=True, help="GPU index.")
+@click.option("--threads", type=_POSITIVE, help="CPU threads for ONNX Runtime.")
+@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.pass_context
@@ -786,11 +853,15 @@ def _frame_progress(done: int, total: int | None, fps: float) -> None:
 )
 @click.option("--engine", help="Engine file when the artifact has several (e.g. model.fp16.engine).")
 @click.option("--max-batch", type=int, help="max_batch_size [the artifact's or profile's largest batch].")
-@click.option("--instances", type=int, default=1, show_default=True, help="Model instances per device.")
+@click.option("--instances", type=_POSITIVE, default=1, show_default=True, help="Model instances per device.")
 @click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True)
 @click.option("--dynamic-batching", is_flag=True, help="Let Triton combine requests into batches.")
 @click.option("--preferred-batch", help="Preferred batch sizes, e.g. 4,8 (implies --dynamic-batching).")
-@click.option("--max-queue-delay-us", type=int, help="How long a request may wait for a batch (implies it).")
+@click.option(
+    "--max-queue-delay-us",
+    type=click.IntRange(min=0),
+    help="How long a request may wait for a batch (implies it).",
+)
 @click.option(
     "--ort-trt",
     type=click.Choice(["fp16", "int8"]),

@@ -17,7 +17,7 @@ import numpy as np
 
 from segexport.errors import SegexportError
 from segexport.runtime.media import list_images
-from segexport.runtime.preprocessing import read_rgb
+from segexport.runtime.preprocessing import open_image, read_rgb, resize
 
 IGNORE_INDEX = 255
 SYNTHETIC_CLASSES = ("background", "stripes", "checkers", "dots", "noise", "gradient", "rings")
@@ -153,18 +153,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
 
 def read_mask(path: Path) -> np.ndarray:
     """A palette or grayscale PNG of class indices (255 = ignore) as int64 [H, W]."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("P", "L", "I", "I;16"):
-                raise SegexportError(
-                    f"{path}: mask mode {image.mode} is not a palette or grayscale index image"
-                )
-            return np.asarray(image, dtype=np.int64)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise SegexportError(f"{path}: unreadable mask ({error})") from error
+    with open_image(path, "mask") as image:
+        if image.mode not in ("P", "L", "I", "I;16"):
+            raise SegexportError(f"{path}: mask mode {image.mode} is not a palette or grayscale index image")
+        return np.asarray(image, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -226,6 +218,26 @@ class LabelledImages(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Resized:
+    """A labelled set seen at the model's size: accuracy stages run every image at the size
+    the model was trained for (a 9000x9000 photo would otherwise run at full resolution)."""
+
+    dataset: LabelledImages
+    size: tuple[int, int]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.dataset.class_names
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, labels = self.dataset[index]
+        return resize(image, self.size), resize(labels, self.size, labels=True)
 
 
 def open_dataset(data: str, split: str, length: int, size: tuple[int, int]) -> LabelledImages:

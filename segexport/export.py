@@ -35,6 +35,7 @@ from segexport.importers import EXPECTED, Imported, Preprocessing, build_importe
 from segexport.reference import TorchRunner, verify_runners
 from segexport.runtime import OnnxRuntimeRunner, Runner
 from segexport.runtime.artifacts import (
+    MANIFEST,
     SCHEMA_VERSION,
     describe_files,
     sha256_file,
@@ -59,6 +60,13 @@ HEADS = ("logits", "mask", "logits+mask")
 MASK_OUTPUT = "mask"
 MASK_TYPES = {"uint8": (onnx.TensorProto.UINT8, np.uint8), "int32": (onnx.TensorProto.INT32, np.int32)}
 DEFAULT_MODEL = "segformer-b0"
+# Size caps (lifted by --allow-large): an export runs the model at every shape it verifies,
+# so those may hold at most 8 Mpx in all (B x H x W: 2x2048x2048, 8x1024x1024); the range
+# it declares may reach 8192 per side and batch 1024 (declared, not run, so it costs nothing
+# now, but a deployment will allocate for it). Past these a typo costs tens of GB.
+MAX_RUN_PIXELS = 8 * 1024 * 1024
+MAX_SIDE = 8192
+MAX_BATCH = 1024
 
 
 @dataclass
@@ -83,6 +91,7 @@ class ExportRequest:
     threads: int | None = None
     head: str = "logits"
     mask_dtype: str = "uint8"
+    allow_large: bool = False  # lift the size caps (MAX_RUN_PIXELS, MAX_SIDE, MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -163,7 +172,9 @@ def plan_export(request: ExportRequest) -> ExportPlan:
             f"{SUPPORTED_OPSETS.stop - 1}"
         )
     default = spec.default_range()
-    max_batch = request.max_batch or default.max_batch
+    max_batch = default.max_batch if request.max_batch is None else request.max_batch
+    if max_batch < 1:
+        raise SegexportError(f"--max-batch must be >= 1, got {max_batch}")
     if request.batch < 1 or max_batch < request.batch:
         raise SegexportError(f"--batch must be between 1 and --max-batch {max_batch}, got {request.batch}")
     if spec.input_kind == "image":
@@ -191,6 +202,10 @@ def plan_export(request: ExportRequest) -> ExportPlan:
             spec.check_size(shape.height, shape.width)
         if not dynamic.contains(shape):
             raise SegexportError(f"verification shape {shape} is outside the range {dynamic.describe()}")
+    if not request.allow_large:
+        _check_caps(shapes, dynamic)
+    if request.threads is not None and request.threads < 1:
+        raise SegexportError(f"--threads must be >= 1, got {request.threads}")
     out_dir = request.out_dir or Path("artifacts") / spec.name
     if trained_names and len(trained_names) == num_classes:
         class_names = tuple(trained_names)
@@ -209,6 +224,23 @@ def plan_export(request: ExportRequest) -> ExportPlan:
         {**(imported.options if imported else {}), **request.model_options},
         imported.preprocessing if imported else None,
     )
+
+
+def _check_caps(shapes: list[InputShape], dynamic: DynamicRange) -> None:
+    """Refuse sizes that would exhaust memory unless the user passed --allow-large."""
+    override = "pass --allow-large if you mean it"
+    for shape in shapes:
+        pixels = shape.batch * (shape.height or 1) * (shape.width or 1)
+        if pixels > MAX_RUN_PIXELS:
+            raise SegexportError(
+                f"shape {shape} runs {pixels / 2**20:.1f} Mpx at once, over the "
+                f"{MAX_RUN_PIXELS // 2**20} Mpx an export runs by default (B x H x W); {override}"
+            )
+    if dynamic.max_batch > MAX_BATCH:
+        raise SegexportError(f"--max-batch {dynamic.max_batch} is over {MAX_BATCH}; {override}")
+    if dynamic.max_size and max(dynamic.max_size) > MAX_SIDE:
+        height, width = dynamic.max_size
+        raise SegexportError(f"--max-size {height}x{width} is over {MAX_SIDE} per side; {override}")
 
 
 def _at_most(limit: tuple[int, int] | None, size: tuple[int, int]) -> tuple[int, int]:
@@ -565,7 +597,7 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
     plan = plan_export(request)
     spec = plan.spec
     started = time.perf_counter()
-    with staged_directory(plan.out_dir, request.force) as staging:
+    with staged_directory(plan.out_dir, request.force, artifacts_only=True) as staging:
         say(f"[1/4] building {spec.name} ({plan.num_classes} classes)")
         model = build_model(plan)
         source_check = None
@@ -624,11 +656,11 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
                 f"{spec.name}: ONNX output differs from PyTorch; no artifact written. "
                 + " | ".join(report.failures()[:3])
             )
-        manifest["files"] = describe_files(staging)
+        manifest["files"] = describe_files(staging, [MODEL_FILE])
         manifest["trt_readiness"] = readiness.check_artifacts(staging, "all", manifest)
         for line in readiness.summary_lines(manifest["trt_readiness"]):
             say(line)
-        write_json_atomic(staging / "manifest.json", manifest)
+        write_json_atomic(staging / MANIFEST, manifest)
     return manifest
 
 
@@ -641,7 +673,7 @@ def artifact_directory(
         if model is None:
             raise SegexportError("pass --model NAME or --artifacts DIR")
         directory = Path("artifacts") / get_spec(model).name
-    if not (directory / "manifest.json").is_file():
+    if not (directory / MANIFEST).is_file():
         if model is None:
             raise SegexportError(f"{directory} holds no exported model; pass --model to export it first")
         progress(f"no FP32 artifact in {directory}: exporting {model} first")

@@ -9,11 +9,14 @@ in float when INT8 misses the agreement target, and records everything in the ma
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,15 @@ from segexport.localize import run_exposed
 from segexport.reference import TorchRunner, data_size, reference_model
 from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess, resize
 from segexport.runtime.artifacts import (
+    MANIFEST,
     atomic_write,
-    describe_files,
+    check_vouched_files,
+    check_writable_directory,
+    clean_stale_partials,
     read_manifest,
+    record_files,
     sha256_file,
-    vouched_path,
+    vouched_bytes,
     write_json_atomic,
 )
 from segexport.shapes import InputShape
@@ -42,6 +49,9 @@ from segexport.zoo import get_spec
 
 Progress = Callable[[str], None]
 RECOMMENDED_CALIBRATION_IMAGES = 32
+CALIBRATION_FILE = "calib.json"
+METHODS = ("minmax", "entropy", "percentile")
+_OUTPUTS = {"model.fp16.onnx": "fp16", "model.int8.onnx": "int8", "model.int8-cpu.onnx": "int8_cpu"}
 
 
 @dataclass
@@ -191,76 +201,97 @@ def sensitivity_ranking(
     return sorted(added, key=lambda item: -item[1])
 
 
-def _write_model(model: onnx.ModelProto, path: Path, force: bool) -> None:
-    atomic_write(path, lambda temp: onnx.save(model, str(temp)), force)
-
-
 def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Write model.fp16.onnx / model.int8.onnx / model.int8-cpu.onnx beside model.onnx.
 
     Returns the new manifest.
     """
     say = progress or (lambda _message: None)
-    if not (request.fp16 or request.int8 or request.int8_cpu):
-        raise SegexportError("nothing to do: pass --fp16, --int8 or --int8-cpu")
+    check_request(request)
     directory = artifact_directory(request.artifacts, request.model, request.weights, say)
     manifest = read_manifest(directory)
-    fp32_path = vouched_path(directory, "model.onnx", manifest)
+    check_writable_directory(directory, "quantize writes its models there")
+    clean_stale_partials(directory)
+    wanted = [name for name, flag in _OUTPUTS.items() if getattr(request, flag)]
+    writes = [*wanted, *([CALIBRATION_FILE] if request.int8 or request.int8_cpu else [])]
+    check_vouched_files(directory, manifest, rewriting=writes)
+    fp32_bytes = vouched_bytes(directory, "model.onnx", manifest)
     spec = get_spec(manifest["model"]["name"])
     if spec.input_kind != "image" and (request.int8 or request.int8_cpu):
         raise SegexportError(
             f"{spec.name}: INT8 needs calibration data for its inputs ({', '.join(spec.input_names)}), "
             "which only a detector's backbone can provide; use --fp16 (checked on random RoI features)"
         )
-    wanted_files = {
-        "model.fp16.onnx": request.fp16,
-        "model.int8.onnx": request.int8,
-        "model.int8-cpu.onnx": request.int8_cpu,
-    }
-    for name, wanted in wanted_files.items():
-        if wanted and (directory / name).exists() and not request.force:
+    for name in wanted:
+        if name in manifest["files"] and not request.force:
             raise SegexportError(f"{directory / name} already exists; pass --force to replace it")
-    fp32 = onnx.load(str(fp32_path))
-    say(f"evaluating PyTorch FP32 on {request.eval_images} held-out images")
-    evalset = evaluation_set(manifest, request.eval_images, request.threads)
+        if os.path.lexists(directory / name):
+            say(f"replacing {name}: the manifest does not vouch for it (left by an unfinished run?)")
+    fp32 = onnx.load_from_string(fp32_bytes)
     results: dict[str, Any] = manifest.get("precisions", {})
-    results["fp32"] = measure(fp32_path, evalset, request.threads)
     with tempfile.TemporaryDirectory(prefix="segexport-quantize-") as scratch:
         workdir = Path(scratch)
+        fp32_path = workdir / "model.onnx"  # the vouched bytes, so later reads see what was checked
+        fp32_path.write_bytes(fp32_bytes)
+        say(f"evaluating PyTorch FP32 on {request.eval_images} held-out images")
+        evalset = evaluation_set(manifest, request.eval_images, request.threads)
+        results["fp32"] = measure(fp32_path, evalset, request.threads)
         if request.fp16:
             say("converting to FP16 (normalisation and softmax kept in FP32)")
             started = time.perf_counter()
-            fp16 = precision.to_fp16(fp32)
-            _write_model(fp16, directory / "model.fp16.onnx", request.force)
+            onnx.save(precision.to_fp16(fp32), str(workdir / "model.fp16.onnx"))
             results["fp16"] = {
-                **measure(directory / "model.fp16.onnx", evalset, request.threads),
+                **measure(workdir / "model.fp16.onnx", evalset, request.threads),
                 "kept_fp32_ops": list(precision.FP32_OPS),
                 "seconds": round(time.perf_counter() - started, 2),
             }
         schemes = (("int8", request.int8), ("int8-cpu", request.int8_cpu))
-        int8_names = [name for name, wanted in schemes if wanted]
+        int8_names = [name for name, flag in schemes if flag]
         if int8_names:
-            calibration = _calibration(request, directory, fp32_path, manifest, workdir, say)
+            calibration = _calibration(request, fp32_path, manifest, workdir, say)
             for name in int8_names:
-                results[name] = _int8(name, request, directory, fp32, calibration, evalset, workdir, say)
+                results[name] = _int8(name, request, fp32, calibration, evalset, workdir, say)
+        # Everything was made in the scratch folder; only now, with all of it verified, do the
+        # files land beside the manifest (a failure above leaves the artifact as it was).
+        for name in writes:
+            atomic_write(directory / name, partial(shutil.copyfile, workdir / name))
     manifest["precisions"] = results
-    manifest["files"] = describe_files(directory)
+    record_files(directory, manifest, writes)
     manifest["trt_readiness"] = readiness.check_artifacts(directory, "all", manifest)
     for line in readiness.summary_lines(manifest["trt_readiness"]):
         say(line)
-    write_json_atomic(directory / "manifest.json", manifest)
+    write_json_atomic(directory / MANIFEST, manifest)
     return manifest
+
+
+def check_request(request: QuantizeRequest) -> None:
+    """Refuse bad options before any work (the CLI's ranges say the same)."""
+    if not (request.fp16 or request.int8 or request.int8_cpu):
+        raise SegexportError("nothing to do: pass --fp16, --int8 or --int8-cpu")
+    for value, option in ((request.calib_size, "--calib-size"), (request.eval_images, "--eval-images")):
+        if value < 1:
+            raise SegexportError(f"{option} must be >= 1, got {value}")
+    if request.threads is not None and request.threads < 1:
+        raise SegexportError(f"--threads must be >= 1, got {request.threads}")
+    if not 0 < request.percentile <= 100:
+        raise SegexportError(f"--percentile must be in (0, 100], got {request.percentile}")
+    if not 0 <= request.min_agreement <= 1:
+        raise SegexportError(f"--min-agreement must be in [0, 1], got {request.min_agreement}")
+    if request.method not in METHODS:
+        raise SegexportError(f"--method {request.method!r}: use one of {', '.join(METHODS)}")
+    if request.calib_cache is not None and not request.calib_cache.is_file():
+        check_writable_directory(request.calib_cache.parent, "--calib-cache is created there")
 
 
 def _calibration(
     request: QuantizeRequest,
-    directory: Path,
     fp32_path: Path,
     manifest: dict[str, Any],
     workdir: Path,
     say: Progress,
 ) -> precision.Calibration:
-    """Activation ranges from the cache, or from the calibration set; saved as calib.json."""
+    """Activation ranges from the cache, or from the calibration set; saved as calib.json in
+    `workdir` (and as the cache when it is new)."""
     graph_sha = sha256_file(fp32_path)
     if request.calib_cache is not None and request.calib_cache.is_file():
         calibration = precision.Calibration.load(request.calib_cache, graph_sha)
@@ -272,23 +303,23 @@ def _calibration(
         calibration = precision.calibrate(
             fp32_path, batches, request.method, graph_sha, workdir, request.percentile
         )
-    calibration.save(directory / "calib.json")
-    if request.calib_cache is not None and not request.calib_cache.exists():
-        calibration.save(request.calib_cache)
+    calibration.save(workdir / CALIBRATION_FILE)
+    if request.calib_cache is not None and not os.path.lexists(request.calib_cache):
+        atomic_write(request.calib_cache, calibration.save)
     return calibration
 
 
 def _int8(
     name: str,
     request: QuantizeRequest,
-    directory: Path,
     fp32: onnx.ModelProto,
     calibration: precision.Calibration,
     evalset: EvalSet,
     workdir: Path,
     say: Progress,
 ) -> dict[str, Any]:
-    """One INT8 scheme, with sensitive layers kept float until the agreement target is met."""
+    """One INT8 scheme, with sensitive layers kept float until the agreement target is met;
+    the chosen graph is left in `workdir` as model.<name>.onnx."""
     started = time.perf_counter()
     scheme = precision.INT8_SCHEMES[name]
     kept: list[str] = []
@@ -308,7 +339,6 @@ def _int8(
             measured = measure(path, evalset, request.threads)
             say(f"  {count} layers kept float: agreement {measured['agreement']:.4f}")
             count *= 2
-    _write_model(int8, directory / f"model.{name}.onnx", request.force)
     return {
         **measured,
         "scheme": {
@@ -321,7 +351,7 @@ def _int8(
             "images": calibration.images,
             "method": calibration.method,
             "percentile": calibration.percentile,
-            "cache": "calib.json",
+            "cache": CALIBRATION_FILE,
         },
         "kept_float": sorted(
             {

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segexport.data import IGNORE_INDEX, LabelledImages, SyntheticScenes, open_dataset
+from segexport.data import IGNORE_INDEX, LabelledImages, Resized, SyntheticScenes, open_dataset
 from segexport.errors import SegexportError
 from segexport.losses import parse_loss
 from segexport.metrics import IoUReport, confusion_matrix, iou_report
@@ -156,7 +156,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
         raise SegexportError(f"{config.out} already exists; pass --force to replace it")
     total_samples = config.epochs * config.steps_per_epoch * config.batch_size
     train_set = open_dataset(config.data, "train", total_samples, config.size)
-    eval_set = open_dataset(config.data, "eval", config.eval_images, config.size)
+    eval_set = Resized(open_dataset(config.data, "eval", config.eval_images, config.size), config.size)
     class_names = tuple(train_set.class_names)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
@@ -241,7 +241,7 @@ def evaluate_checkpoint(
         height, width = record.get("input_size", spec.default_size)
         size = (int(height), int(width))
     spec.check_size(*size)
-    dataset = open_dataset(data, "eval", limit, size)
+    dataset = Resized(open_dataset(data, "eval", limit, size), size)
     trained_names = resolved.class_names
     if trained_names and list(dataset.class_names) != trained_names:
         raise SegexportError(
@@ -256,6 +256,6 @@ def evaluate_checkpoint(
         "weights": str(resolved.path),
         "data": data,
         "images": len(dataset),
-        "size": list(size) if data == "synthetic" else None,
+        "size": list(size),
         **report.to_dict(),
     }

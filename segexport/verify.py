@@ -31,7 +31,7 @@ from segexport.localize import Localization, localize, module_scopes
 from segexport.reference import TorchRunner, data_size, reference_model, verify_runners
 from segexport.report import ArtifactResult, ParityReport, WorstImage, write_reports
 from segexport.runtime import Runner, open_runner, preprocess, resize
-from segexport.runtime.artifacts import read_manifest, vouched_path
+from segexport.runtime.artifacts import check_writable_directory, read_manifest, vouched_bytes, vouched_path
 from segexport.runtime.engine import tensorrt_unavailable_reason
 from segexport.shapes import DynamicRange, InputShape
 from segexport.zoo.registry import ModelSpec, get_spec
@@ -93,6 +93,8 @@ def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | N
     if request.against == "onnx":
         vouched_path(directory, "model.onnx", manifest)
     shapes = _check_shapes(request.shapes or [], manifest, spec)
+    report_path = request.report or directory / REPORT_NAME
+    check_writable_directory(report_path.parent, "verify writes its reports there")
     reference = _reference_runner(request, directory, manifest, spec.output_names)
     say(f"reference: {reference.name}")
     runners = _open_candidates(selected, directory, manifest, request)
@@ -121,7 +123,7 @@ def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | N
         manifest["preprocessing"],
     )
     report.seconds = time.perf_counter() - started
-    write_reports(report, request.report or directory / REPORT_NAME)
+    write_reports(report, report_path)
     return report
 
 
@@ -380,8 +382,8 @@ def _localize(
         else:
             say(f"{result.file}: localising against model.onnx (FP32)")
             label = "model.onnx (FP32)"
-            graph = onnx.load(str(vouched_path(directory, "model.onnx", manifest)))
-        candidate = onnx.load(str(vouched_path(directory, result.file, manifest)))
+            graph = onnx.load_from_string(vouched_bytes(directory, "model.onnx", manifest))
+        candidate = onnx.load_from_string(vouched_bytes(directory, result.file, manifest))
         with tempfile.TemporaryDirectory(prefix="segexport-localize-") as workdir:
             return localize(
                 graph, candidate, feeds, result.tolerance, Path(workdir), label, scopes, request.threads

@@ -165,7 +165,26 @@ def checkpoint_record(path: Path) -> dict[str, Any] | None:
     except (SafetensorError, OSError) as error:
         raise SegexportError(f"{path}: not a readable safetensors file ({error})") from error
     raw = metadata.get(_METADATA_KEY)
-    return json.loads(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise SegexportError(f"{path}: its {_METADATA_KEY!r} metadata is not JSON ({error})") from None
+    names = record.get("class_names") if isinstance(record, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SegexportError(
+            f"{path}: its {_METADATA_KEY!r} metadata must be a JSON object with class_names (a list of "
+            "names); drop the metadata or fix it"
+        )
+    size = record.get("input_size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)
+    ):
+        raise SegexportError(
+            f"{path}: its {_METADATA_KEY!r} input_size must be [height, width], got {size!r}"
+        )
+    return record
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 
 from segexport.errors import SegexportError, UnavailableError, first_line
-from segexport.runtime.artifacts import vouched_path
+from segexport.runtime.artifacts import vouched_bytes
 from segexport.runtime.cuda import (
     Cuda,
     CudaError,
@@ -58,6 +58,7 @@ from segexport.runtime.cuda import (
     Stream,
     import_cudart,
 )
+from segexport.runtime.inputs import check_input_shapes
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,11 @@ def read_vouched_engine(
     directory: Path, file_name: str, manifest: dict[str, Any], tensorrt_version: str, gpu: GpuIdentity
 ) -> bytes:
     """The engine's bytes, only when the checksum and the build record both vouch for this machine."""
-    path = vouched_path(directory, file_name, manifest)
+    data = vouched_bytes(directory, file_name, manifest)
     problem = compatibility_problem(engine_record(manifest, file_name), tensorrt_version, gpu)
     if problem:
-        raise SegexportError(f"{path}: {problem}; refusing to deserialize it")
-    return path.read_bytes()
+        raise SegexportError(f"{directory / file_name}: {problem}; refusing to deserialize it")
+    return data
 
 
 _NUMPY_TYPES = {
@@ -262,12 +263,14 @@ class TensorRTRunner:
         outputs: Sequence[str] | None = None,
         cuda_graph: bool = False,
         reserve: Literal["max", "grow"] = "max",
+        manifest: dict[str, Any] | None = None,
     ) -> None:
         require_tensorrt()
         import tensorrt as trt
 
         self.name = name
         self._record = record
+        self._manifest = manifest  # its ranges and size rule are checked before each run
         self._closed = False
         self._slots: list[_Slot] = []
         self._logger = _tensorrt_logger()
@@ -374,6 +377,8 @@ class TensorRTRunner:
         problem = profile_problem(self._record, shapes)
         if problem:
             raise SegexportError(f"{self.name}: {problem}")
+        if self._manifest is not None:
+            check_input_shapes(self._manifest, shapes, self.name)
         return shapes
 
     def _enqueue(self, slot: _Slot) -> None:
@@ -513,4 +518,5 @@ def open_engine_runner(
         outputs=outputs,
         cuda_graph=cuda_graph,
         reserve=reserve,
+        manifest=manifest,
     )

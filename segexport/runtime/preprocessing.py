@@ -7,12 +7,15 @@ tens of grey levels on a downscale: one implementation, not two that nearly agre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from segexport.errors import SegexportError
+from segexport.errors import SegexportError, first_line
 
 
 def preprocess(
@@ -32,22 +35,40 @@ def preprocess(
     return np.ascontiguousarray((chw - mean_array) / std_array)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Any PIL-readable image as RGB uint8 [H, W, 3]: grayscale, RGBA, palette, 16-bit."""
+@contextlib.contextmanager
+def open_image(path: Path, what: str = "image") -> Iterator[Any]:
+    """A loaded PIL image; unreadable files and decompression bombs are one-line refusals.
+
+    Pillow refuses images over twice its pixel limit (a 110 KB PNG can claim 30000x30000
+    and ask for 2.7 GB) and only warns between one and two times it: both are refused here,
+    naming the file, before the pixels are decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16/32-bit grayscale: scale the full range to 8 bits, not clip it.
-                array = np.asarray(image, dtype=np.float64)
-                peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-                gray = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                return np.repeat(gray[..., None], 3, axis=2)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        size = f" ({first_line(error)})" if limit is None else f" (over Pillow's limit of {limit:,} pixels)"
+        raise SegexportError(f"{path}: {what} too large, refusing to decode it{size}") from None
     except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise SegexportError(f"{path}: unreadable image ({error})") from error
+        raise SegexportError(f"{path}: unreadable {what} ({error})") from error
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Any PIL-readable image as RGB uint8 [H, W, 3]: grayscale, RGBA, palette, 16-bit."""
+    with open_image(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16/32-bit grayscale: scale the full range to 8 bits, not clip it.
+            array = np.asarray(image, dtype=np.float64)
+            peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+            gray = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=2)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def resize(array: np.ndarray, size: tuple[int, int], labels: bool = False) -> np.ndarray:

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from segexport.errors import SegexportError, first_line
-from segexport.runtime.artifacts import read_manifest, vouched_path
+from segexport.runtime.artifacts import read_manifest, vouched_bytes
+from segexport.runtime.inputs import check_input_shapes
 
 
 class Runner(Protocol):
@@ -28,30 +29,38 @@ class Runner(Protocol):
 
 
 class OnnxRuntimeRunner:
-    """An ONNX Runtime session on the CPU unless providers say otherwise."""
+    """An ONNX Runtime session on the CPU unless providers say otherwise.
+
+    `model` is a path or the model's bytes (what `vouched_bytes` returns: the checked bytes
+    are the ones that run, and bytes cannot pull in external data files). With a manifest,
+    inputs outside its verified ranges or against its size rule are refused before running.
+    """
 
     def __init__(
         self,
-        model_path: Path,
+        model: Path | bytes,
         threads: int | None = None,
         providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",),
+        manifest: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> None:
         import onnxruntime as ort
 
+        if threads is not None and threads < 1:
+            raise SegexportError(f"threads must be >= 1, got {threads}")
+        label = name or (Path(model).name if isinstance(model, (str, Path)) else "model.onnx")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        source = model if isinstance(model, bytes) else str(model)
         try:
-            self.session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=list(providers)
-            )
+            self.session = ort.InferenceSession(source, sess_options=options, providers=list(providers))
         except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
-            raise SegexportError(
-                f"{model_path}: ONNX Runtime cannot load it ({first_line(error)})"
-            ) from error
-        self.name = f"onnxruntime:{Path(model_path).name}"
+            raise SegexportError(f"{label}: ONNX Runtime cannot load it ({first_line(error)})") from error
+        self.name = f"onnxruntime:{label}"
+        self.manifest = manifest
 
     @property
     def input_names(self) -> list[str]:
@@ -62,6 +71,8 @@ class OnnxRuntimeRunner:
         return [node.name for node in self.session.get_outputs()]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.manifest is not None:
+            check_input_shapes(self.manifest, {k: tuple(v.shape) for k, v in feeds.items()}, self.name)
         outputs = self.session.run(None, feeds)
         return dict(zip(self.output_names, (np.asarray(o) for o in outputs), strict=True))
 
@@ -76,7 +87,8 @@ def open_runner(
     """
     suffix = Path(file_name).suffix
     if suffix == ".onnx":
-        return OnnxRuntimeRunner(vouched_path(directory, file_name, manifest), threads=threads)
+        data = vouched_bytes(directory, file_name, manifest)
+        return OnnxRuntimeRunner(data, threads=threads, manifest=manifest, name=file_name)
     if suffix == ".engine":
         from segexport.runtime.engine import open_engine_runner  # cuda-python/TensorRT: only when asked
 
