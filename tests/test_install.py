@@ -123,3 +123,28 @@ def test_triton_without_its_extra_says_which(
         "pip install 'segexport[triton]'"
     )
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.slow
+def test_segexport_run_masks_images_without_torch(
+    runtime_venv: tuple[Path, Path], small_artifact: Path, tmp_path: Path
+) -> None:
+    """The command users run on a device, from the base install alone."""
+    from PIL import Image
+
+    from segexport.runtime import Segmenter
+
+    _, python = runtime_venv
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for name, size in (("a.png", (37, 53)), ("b.png", (64, 80))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / name)
+    command = [str(python), "-m", "segexport", "run", "--artifacts", str(small_artifact)]
+    ran = _run([*command, "--input", str(images), "--output", str(tmp_path / "out"), "--json"], cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    seg = Segmenter.load(small_artifact)
+    for name, size in (("a", (37, 53)), ("b", (64, 80))):
+        mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png"))
+        assert mask.shape == size
+        np.testing.assert_array_equal(mask, seg(next(images.glob(f"{name}.*"))))
