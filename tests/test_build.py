@@ -22,9 +22,9 @@ from segexport.build import (
 )
 from segexport.errors import SegexportError
 from segexport.runtime import engine
-from segexport.runtime.artifacts import describe_files, write_json_atomic
 from segexport.runtime.engine import GpuIdentity, compatibility_problem, profile_problem, read_vouched_engine
 from segexport.shapes import InputShape
+from tests.manifests import write_manifest
 from tests.test_cli import assert_one_line_error, run
 
 ORIN = GpuIdentity("Orin", (8, 7))
@@ -184,17 +184,7 @@ def test_compatibility_rules() -> None:
 def _engine_artifact(directory: Path, record: dict[str, Any]) -> Path:
     directory.mkdir()
     (directory / "model.int8.engine").write_bytes(b"not really a plan, never deserialized here")
-    manifest = {
-        "schema_version": 1,
-        "model": {"name": "unet-small", "num_classes": 2, "class_names": ["a", "b"]},
-        "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 3, "height", "width"]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2, "height", "width"]}],
-        "dynamic_axes": {"batch": [1, 4], "height": [32, 256], "width": [32, 256]},
-        "export_shape": "1x64x64",
-        "files": describe_files(directory),
-        "engines": {"model.int8.engine": record},
-    }
-    write_json_atomic(directory / "manifest.json", manifest)
+    write_manifest(directory, engines={"model.int8.engine": record})
     return directory
 
 
