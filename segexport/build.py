@@ -22,9 +22,8 @@ from segexport.reference import data_size, verify_runners
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import (
     atomic_write,
+    begin_stage,
     check_vouched_files,
-    check_writable_directory,
-    clean_stale_partials,
     read_manifest,
     record_files,
     vouched_path,
@@ -225,9 +224,7 @@ def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, 
     directory = artifact_directory(request.artifacts, request.model, weights, say)
     target = directory / engine_file(options.precision)
     manifest = read_manifest(directory)
-    check_writable_directory(directory, "the engine is written there")
-    clean_stale_partials(directory)
-    check_vouched_files(directory, manifest, rewriting=[target.name])
+    begin_stage(directory, manifest, [target.name], "the engine is written there")
     if target.name in manifest["files"] and not request.force:
         raise SegexportError(f"{target} already exists; pass --force to replace it")
     source = "model.onnx" if options.legacy_fp16_flag else SOURCE_ONNX[options.precision]

@@ -35,9 +35,8 @@ from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess, resize
 from segexport.runtime.artifacts import (
     MANIFEST,
     atomic_write,
-    check_vouched_files,
+    begin_stage,
     check_writable_directory,
-    clean_stale_partials,
     read_manifest,
     record_files,
     sha256_file,
@@ -210,11 +209,9 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     check_request(request)
     directory = artifact_directory(request.artifacts, request.model, request.weights, say)
     manifest = read_manifest(directory)
-    check_writable_directory(directory, "quantize writes its models there")
-    clean_stale_partials(directory)
     wanted = [name for name, flag in _OUTPUTS.items() if getattr(request, flag)]
     writes = [*wanted, *([CALIBRATION_FILE] if request.int8 or request.int8_cpu else [])]
-    check_vouched_files(directory, manifest, rewriting=writes)
+    begin_stage(directory, manifest, writes, "quantize writes its models there")
     fp32_bytes = vouched_bytes(directory, "model.onnx", manifest)
     spec = get_spec(manifest["model"]["name"])
     if spec.input_kind != "image" and (request.int8 or request.int8_cpu):

@@ -179,6 +179,15 @@ def describe_files(directory: Path, names: Iterable[str] | None = None) -> dict[
     return described
 
 
+def begin_stage(directory: Path, manifest: dict[str, Any], writes: Collection[str], why: str) -> None:
+    """What a stage that adds files to an existing artifact checks before any work: the
+    directory takes new files (`why` says what goes there), killed runs' leftovers are
+    gone, and every vouched file it will not rewrite still matches its checksum."""
+    check_writable_directory(directory, why)
+    clean_stale_partials(directory)
+    check_vouched_files(directory, manifest, rewriting=writes)
+
+
 def check_vouched_files(directory: Path, manifest: dict[str, Any], rewriting: Collection[str] = ()) -> None:
     """Refuse to start a stage when a file the manifest vouches for (and the stage will not
     rewrite) fails its checksum: the stage would otherwise carry the tampered file forward."""
