@@ -134,13 +134,13 @@ def test_random_weight_artifacts_are_refused(small_artifact: Path, tmp_path: Pat
 def test_sensitive_layers_stay_float_until_agreement_is_met(unet_demo: Path, tmp_path: Path) -> None:
     """Holds on any CPU: TensorRT's graph is checked with emulated Q/DQ (no ISA-dependent
     kernels), and the assertions are about the fallback's rules, not a machine's figures."""
-    plain = quantize_artifact(QuantizeRequest(artifacts=unet_demo, fp16=False, force=True))["precisions"][
-        "int8"
-    ]
+    plain = quantize_artifact(QuantizeRequest(artifacts=unet_demo, fp16=False, force=True, eval_images=8))[
+        "precisions"
+    ]["int8"]
     assert plain["sensitivity_fallback"] == [] and plain["layers_measured"] == 0
     target = min(1.0, plain["agreement"] + 0.002)
     guarded = quantize_artifact(
-        QuantizeRequest(artifacts=unet_demo, fp16=False, force=True, min_agreement=target)
+        QuantizeRequest(artifacts=unet_demo, fp16=False, force=True, min_agreement=target, eval_images=8)
     )["precisions"]["int8"]
     assert guarded["agreement_without_fallback"] == plain["agreement"]
     assert guarded["layers_measured"] > 0

@@ -19,7 +19,12 @@ from typing import Any
 
 from segexport.errors import SegexportError, UnavailableError, first_line
 from segexport.runtime.artifacts import vouched_path
-from segexport.runtime.runners import OnnxRuntimeRunner, Runner, warn_if_int8_cpu_mismatch
+from segexport.runtime.runners import (
+    TENSORRT_INT8_FILE,
+    OnnxRuntimeRunner,
+    Runner,
+    warn_if_int8_cpu_mismatch,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -82,7 +87,8 @@ def _open_ort_cpu(
     directory: Path, file_name: str, manifest: dict[str, Any], _device: int, threads: int | None
 ) -> Runner:
     warn_if_int8_cpu_mismatch(manifest, file_name)
-    return OnnxRuntimeRunner(vouched_path(directory, file_name, manifest), threads=threads)
+    path = vouched_path(directory, file_name, manifest)
+    return OnnxRuntimeRunner(path, threads=threads, emulate_qdq=file_name == TENSORRT_INT8_FILE)
 
 
 def _open_ort_cuda(
