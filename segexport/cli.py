@@ -428,10 +428,22 @@ def evaluate_command(
     is_flag=True,
     help="Write model.int8-cpu.onnx: asymmetric UINT8 Q/DQ for ONNX Runtime on x86 CPUs (not TensorRT).",
 )
+@click.option(
+    "--cpu-isa",
+    type=click.Choice(["auto", "vnni", "avx2"]),
+    default="auto",
+    show_default=True,
+    help="INT8 arithmetic of the CPU --int8-cpu targets: vnni (exact; full-range weights) or avx2 "
+    "(saturating; 7-bit weights, exact on both). auto: this machine's, found by running its kernels.",
+)
 @click.option("--calib", default="synthetic", show_default=True, help="'synthetic' or a folder of images.")
 @click.option("--calib-size", type=_POSITIVE, default=64, show_default=True, help="Calibration images.")
 @click.option(
-    "--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True
+    "--method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="percentile",
+    show_default=True,
+    help="Activation ranges. percentile: best or tied on every demo model and scheme (README: INT8 on CPUs).",
 )
 @click.option("--percentile", type=_Float(0.0, 100.0, min_open=True), default=99.99, show_default=True)
 @click.option("--calib-cache", type=click.Path(path_type=Path), help="Reuse (or create) a calib.json.")
@@ -455,6 +467,7 @@ def quantize(
     fp16: bool,
     int8: bool,
     int8_cpu: bool,
+    cpu_isa: str,
     calib: str,
     calib_size: int,
     method: str,
@@ -478,6 +491,7 @@ def quantize(
         fp16=fp16 or both,
         int8=int8 or both,
         int8_cpu=int8_cpu,
+        cpu_isa=cpu_isa,
         calib=calib,
         calib_size=calib_size,
         method=method,
@@ -497,6 +511,26 @@ def quantize(
         miou = f", mIoU {result['miou']:.4f}" if "miou" in result else ""
         agreement = "" if result["agreement"] is None else f"agreement {result['agreement']:.4%}, "
         click.echo(f"  {name:>8}: {agreement}rel L2 {result['rel_l2']:.2e}{miou}")
+        for line in _int8_details(result):
+            click.echo(f"            {line}")
+
+
+def _int8_details(result: dict[str, Any]) -> list[str]:
+    """What quantize decided for an INT8 graph: its CPU target and the layers it kept float."""
+    lines = []
+    if "cpu_isa" in result:
+        isa = result["cpu_isa"]
+        lines.append(f"target CPU: {isa['target']} ({isa['meaning']}); this machine: {isa['detected_here']}")
+    fallback = result.get("sensitivity_fallback") or []
+    if fallback:
+        layers = ", ".join(f"{f['node']} (+{f['benefit']:.2%})" for f in fallback)
+        lines.append(
+            f"kept float after the sensitivity analysis ({result['layers_measured']} layers measured): "
+            f"{layers}; "
+            f"{result['fallback_cost_share']:.1%} of the quantized layers' work, agreement "
+            f"{result['agreement_without_fallback']:.4%} without them"
+        )
+    return lines
 
 
 @main.command()

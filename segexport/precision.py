@@ -11,7 +11,10 @@ deployments that stay on the CPU.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,7 @@ class Int8Scheme:
     ops: tuple[str, ...]
     purpose: str
     inputs_only: bool = False
+    reduce_range: bool = False
 
 
 INT8_SCHEMES = {
@@ -66,6 +70,15 @@ INT8_SCHEMES = {
     # with MatMul, 1.17x without, segformer-b0 512x512, 2 threads).
     "int8-cpu": Int8Scheme(True, ("Conv", "ConvTranspose"), "ONNX Runtime on x86 CPUs (asymmetric UINT8)"),
 }
+
+
+def int8_cpu_scheme(cpu_isa: str) -> Int8Scheme:
+    """The CPU scheme for a target's INT8 arithmetic (segexport.runtime.cpu_isa): without VNNI,
+    7-bit weights keep every pair of UINT8 x INT8 products inside the kernels' 16-bit sums."""
+    base = INT8_SCHEMES["int8-cpu"]
+    if cpu_isa == "vnni":
+        return dataclasses.replace(base, purpose=f"{base.purpose}, full-range weights for VNNI")
+    return dataclasses.replace(base, purpose=f"{base.purpose}, 7-bit weights for AVX2", reduce_range=True)
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32_ops: Sequence[str] = FP32_OPS) -> onnx.ModelProto:
@@ -248,8 +261,9 @@ def calibrate(
         calibrate_method=methods[method],
         extra_options=extra,
     )
-    calibrator.collect_data(_Reader())
-    tensors = calibrator.compute_data()
+    with contextlib.redirect_stdout(sys.stderr):  # ORT's calibrators print; stdout is for --json
+        calibrator.collect_data(_Reader())
+        tensors = calibrator.compute_data()
     ranges = {
         name: (float(np.asarray(data.range_value[0]).min()), float(np.asarray(data.range_value[1]).max()))
         for name, data in tensors.items()
@@ -306,7 +320,7 @@ def to_int8(
     quantizer = QDQQuantizer(
         onnx.ModelProto.FromString(model.SerializeToString()),
         True,  # per-channel weights
-        False,  # no reduce_range: TensorRT and VNNI use the full INT8 range
+        scheme.reduce_range,
         QuantType.QInt8,  # weights
         QuantType.QUInt8 if scheme.unsigned_activations else QuantType.QInt8,  # activations
         tensors,
@@ -374,6 +388,12 @@ def float_readers_read_float(model: onnx.ModelProto, quantized_nodes: set[str]) 
                 continue
             node.input[index] = quantize.input[0]
             rewired += 1
+    drop_unread_qdq(model)
+    return rewired
+
+
+def drop_unread_qdq(model: onnx.ModelProto) -> None:
+    """Remove Q/DQ nodes nobody reads any more, and the initializers they held."""
     graph_outputs = {o.name for o in model.graph.output}
     while True:
         read = {name for node in model.graph.node for name in node.input} | graph_outputs
@@ -392,7 +412,45 @@ def float_readers_read_float(model: onnx.ModelProto, quantized_nodes: set[str]) 
     read = {name for node in model.graph.node for name in node.input}
     for init in [init for init in model.graph.initializer if init.name not in read]:
         model.graph.initializer.remove(init)
-    return rewired
+
+
+def with_float_nodes(
+    quantized: onnx.ModelProto, fp32: onnx.ModelProto, names: Iterable[str], float_activations: bool = True
+) -> onnx.ModelProto:
+    """A copy of `quantized` in which the named nodes compute in float again: a fallback
+    candidate in milliseconds, where re-running the quantizer takes seconds.
+
+    Weights come back from the FP32 graph; activations too (the tensor before its Q) when
+    `float_activations`, which is what `to_int8(keep_float=...)` gives for an `inputs_only`
+    scheme. Without it they keep reading the Q/DQ'd tensor, as a kept-float layer does in the
+    CPU scheme, whose neighbours quantize their outputs. Q/DQ pairs nobody reads are dropped."""
+    model = onnx.ModelProto.FromString(quantized.SerializeToString())
+    wanted = set(names)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name for init in model.graph.initializer}
+    float_inputs = {node.name: list(node.input) for node in fp32.graph.node if node.name in wanted}
+    fp32_weights = {init.name: init for init in fp32.graph.initializer}
+    for node in model.graph.node:
+        if node.name not in wanted:
+            continue
+        for index, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            if dq.input[0] in initializers:  # a weight: the FP32 graph's own tensor
+                original = float_inputs[node.name][index]
+                if original not in initializers:
+                    model.graph.initializer.append(fp32_weights[original])
+                    initializers.add(original)
+                node.input[index] = original
+            elif (
+                float_activations
+                and (quantize := producer.get(dq.input[0])) is not None
+                and (quantize.op_type == "QuantizeLinear")
+            ):
+                node.input[index] = quantize.input[0]
+    drop_unread_qdq(model)
+    return model
 
 
 def qdq_pair_count(model: onnx.ModelProto) -> int:

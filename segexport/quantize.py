@@ -8,6 +8,7 @@ in float when INT8 misses the agreement target, and records everything in the ma
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -24,12 +25,11 @@ import numpy as np
 import onnx
 import torch
 
-from segexport import precision, readiness
+from segexport import precision, readiness, sensitivity
 from segexport.compare import OutputStats, Tolerance
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
 from segexport.errors import SegexportError
 from segexport.export import MASK_OUTPUT, artifact_directory
-from segexport.localize import run_exposed
 from segexport.reference import TorchRunner, data_size, reference_model
 from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess, resize
 from segexport.runtime.artifacts import (
@@ -43,6 +43,7 @@ from segexport.runtime.artifacts import (
     vouched_bytes,
     write_json_atomic,
 )
+from segexport.runtime.cpu_isa import CPU_ISAS, ISA_MEANING, cpu_flags, detect_cpu_isa, resolve_cpu_isa
 from segexport.shapes import InputShape
 from segexport.zoo import get_spec
 
@@ -63,13 +64,14 @@ class QuantizeRequest:
     int8_cpu: bool = False
     calib: str = "synthetic"
     calib_size: int = 64
-    method: str = "minmax"
+    method: str = "percentile"
     percentile: float = 99.99
     calib_cache: Path | None = None
     min_agreement: float = 0.99
     eval_images: int = 16
     force: bool = False
     threads: int | None = None
+    cpu_isa: str = "auto"
 
 
 @dataclass
@@ -161,45 +163,6 @@ def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[
     return result
 
 
-def sensitivity_ranking(
-    fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], workdir: Path
-) -> list[tuple[str, float]]:
-    """Quantized compute nodes ordered by how much error each adds (its output error minus
-    the largest error of the compute nodes feeding it)."""
-    compute = [n for n in fp32.graph.node if n.op_type in precision.QUANTIZED_OPS]
-    names = {n.output[0]: n.name for n in compute}
-    errors: dict[str, float] = {}
-    feeds = feeds[:4]
-    outputs = {
-        tag: run_exposed(model, names, feeds, workdir / f"probe_{tag}.onnx")
-        for tag, model in (("fp32", fp32), ("int8", int8))
-    }
-    for tensor in names:
-        num = sum(
-            float(np.square(b[tensor] - a[tensor]).sum())
-            for a, b in zip(outputs["fp32"], outputs["int8"], strict=True)
-        )
-        den = sum(float(np.square(a[tensor]).sum()) for a in outputs["fp32"])
-        errors[tensor] = (num / max(den, 1e-30)) ** 0.5
-    producer = {out: node for node in fp32.graph.node for out in node.output}
-
-    def upstream_error(tensor: str, seen: set[str]) -> float:
-        node = producer.get(tensor)
-        if node is None or tensor in seen:
-            return 0.0
-        seen.add(tensor)
-        if tensor in errors:
-            return errors[tensor]
-        return max((upstream_error(t, seen) for t in node.input), default=0.0)
-
-    added = []
-    for tensor, name in names.items():
-        node = producer[tensor]
-        before = max((upstream_error(t, set()) for t in node.input), default=0.0)
-        added.append((name, errors[tensor] - before))
-    return sorted(added, key=lambda item: -item[1])
-
-
 def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None) -> dict[str, Any]:
     """Write model.fp16.onnx / model.int8.onnx / model.int8-cpu.onnx beside model.onnx.
 
@@ -220,9 +183,10 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
             "which only a detector's backbone can provide; use --fp16 (checked on random RoI features)"
         )
     for name in wanted:
-        if name in manifest["files"] and not request.force:
-            raise SegexportError(f"{directory / name} already exists; pass --force to replace it")
-        if os.path.lexists(directory / name):
+        if name in manifest["files"]:
+            if not request.force:
+                raise SegexportError(f"{directory / name} already exists; pass --force to replace it")
+        elif os.path.lexists(directory / name):
             say(f"replacing {name}: the manifest does not vouch for it (left by an unfinished run?)")
     fp32 = onnx.load_from_string(fp32_bytes)
     results: dict[str, Any] = manifest.get("precisions", {})
@@ -274,6 +238,8 @@ def check_request(request: QuantizeRequest) -> None:
         raise SegexportError(f"--percentile must be in (0, 100], got {request.percentile}")
     if not 0 <= request.min_agreement <= 1:
         raise SegexportError(f"--min-agreement must be in [0, 1], got {request.min_agreement}")
+    if request.cpu_isa not in ("auto", *CPU_ISAS):
+        raise SegexportError(f"--cpu-isa {request.cpu_isa!r}: use auto or one of {', '.join(CPU_ISAS)}")
     if request.method not in METHODS:
         raise SegexportError(f"--method {request.method!r}: use one of {', '.join(METHODS)}")
     if request.calib_cache is not None and not request.calib_cache.is_file():
@@ -306,6 +272,18 @@ def _calibration(
     return calibration
 
 
+def _runner(model: onnx.ModelProto, name: str, threads: int | None) -> OnnxRuntimeRunner:
+    """TensorRT's graph runs with TensorRT's arithmetic (emulated Q/DQ, the same on every CPU);
+    the CPU graph with the fused kernels it will be deployed on."""
+    return OnnxRuntimeRunner(
+        model.SerializeToString(), threads=threads, name=name, emulate_qdq=name == "int8"
+    )
+
+
+def _scheme(name: str, cpu_isa: str) -> precision.Int8Scheme:
+    return precision.int8_cpu_scheme(cpu_isa) if name == "int8-cpu" else precision.INT8_SCHEMES[name]
+
+
 def _int8(
     name: str,
     request: QuantizeRequest,
@@ -315,33 +293,52 @@ def _int8(
     workdir: Path,
     say: Progress,
 ) -> dict[str, Any]:
-    """One INT8 scheme, with sensitive layers kept float until the agreement target is met;
-    the chosen graph is left in `workdir` as model.<name>.onnx."""
+    """One INT8 scheme, with the layers that matter most per unit of cost kept float until the
+    agreement target is met; the chosen graph is left in `workdir` as model.<name>.onnx."""
     started = time.perf_counter()
-    scheme = precision.INT8_SCHEMES[name]
-    kept: list[str] = []
+    cpu_isa = resolve_cpu_isa(request.cpu_isa)
+    scheme = _scheme(name, cpu_isa)
     say(f"quantizing {name}: {scheme.purpose}")
-    int8 = precision.to_int8(fp32, calibration, scheme=scheme)
-    path = workdir / f"model.{name}.onnx"
-    onnx.save(int8, str(path))
-    measured = measure(path, evalset, request.threads)
+    plain = precision.to_int8(fp32, calibration, scheme=scheme)
+    int8 = plain
+
+    def score(model: onnx.ModelProto) -> float:
+        return float(measure(_runner(model, name, request.threads), evalset, request.threads)["agreement"])
+
+    measured = measure(_runner(int8, name, request.threads), evalset, request.threads)
+    plain_agreement = measured["agreement"]
+    sensitivities: list[sensitivity.LayerSensitivity] = []
+    kept: list[str] = []
     if measured["agreement"] < request.min_agreement:
-        say(f"agreement {measured['agreement']:.4f} < {request.min_agreement}: ranking layers by sensitivity")
-        ranking = sensitivity_ranking(fp32, int8, evalset.feeds, workdir)
-        count = 1
-        while measured["agreement"] < request.min_agreement and count <= len(ranking):
-            kept = [node for node, _ in ranking[:count]]
+        say(
+            f"agreement {measured['agreement']:.4f} < {request.min_agreement}: "
+            "measuring each layer's sensitivity"
+        )
+        sensitivities = _sensitivities(
+            request, fp32, plain, plain_agreement, scheme, evalset, workdir, score, say
+        )
+        candidates = sensitivity.Candidates(fp32, plain, scheme.inputs_only)
+        kept, _ = sensitivity.choose_float_layers(
+            sensitivities, candidates, score, request.min_agreement, say
+        )
+        more = [s.node for s in sensitivity.ranked(sensitivities) if s.node not in kept]
+        while True:  # the quantizer's graph, checked; more layers while it falls short
             int8 = precision.to_int8(fp32, calibration, keep_float=kept, scheme=scheme)
-            onnx.save(int8, str(path))
-            measured = measure(path, evalset, request.threads)
-            say(f"  {count} layers kept float: agreement {measured['agreement']:.4f}")
-            count *= 2
-    return {
+            measured = measure(_runner(int8, name, request.threads), evalset, request.threads)
+            say(f"  {len(kept)} layers kept float: agreement {measured['agreement']:.4f}")
+            if measured["agreement"] >= request.min_agreement or not more:
+                break
+            kept.append(more.pop(0))
+    onnx.save(int8, str(workdir / f"model.{name}.onnx"))
+    chosen = {s.node: s for s in sensitivities if s.node in kept}
+    total_cost = sum(s.cost for s in sensitivities) or 1
+    result = {
         **measured,
         "scheme": {
             "purpose": scheme.purpose,
             "unsigned_activations": scheme.unsigned_activations,
             "quantized_ops": list(scheme.ops),
+            "reduce_range": scheme.reduce_range,
         },
         "calibration": {
             "source": request.calib,
@@ -357,7 +354,51 @@ def _int8(
                 *(precision.int8_incapable_convs(fp32) if scheme.inputs_only else []),
             }
         ),
-        "sensitivity_fallback": kept,
+        "agreement_without_fallback": plain_agreement,
+        "sensitivity_fallback": [chosen[node].to_dict() for node in kept],
+        "fallback_cost_share": round(sum(chosen[n].cost for n in kept) / total_cost, 4),
+        "layers_measured": len(sensitivities),
+        "layers_that_help": len(sensitivity.ranked(sensitivities)),
         "qdq_pairs": precision.qdq_pair_count(int8),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if name == "int8-cpu":
+        result["cpu_isa"] = {
+            "target": cpu_isa,
+            "requested": request.cpu_isa,
+            "meaning": ISA_MEANING[cpu_isa],
+            "detected_here": detect_cpu_isa(),
+            "cpu_flags_here": cpu_flags(),
+        }
+    return result
+
+
+def _sensitivities(
+    request: QuantizeRequest,
+    fp32: onnx.ModelProto,
+    plain: onnx.ModelProto,
+    baseline: float,
+    scheme: precision.Int8Scheme,
+    evalset: EvalSet,
+    workdir: Path,
+    score: sensitivity.Score,
+    say: Progress,
+) -> list[sensitivity.LayerSensitivity]:
+    """Per-layer measures, from the sensitivity cache beside --calib-cache when it has them."""
+    excluded = set(precision.output_producers(fp32))
+    if scheme.inputs_only:
+        excluded |= set(precision.int8_incapable_convs(fp32))
+    layers = [n.name for n in fp32.graph.node if n.op_type in scheme.ops and n.name not in excluded]
+    cache = None if request.calib_cache is None else request.calib_cache.with_suffix(".sensitivity.json")
+    key = sensitivity.cache_key(plain, evalset.reference)
+    cached = sensitivity.load_cached(cache, key)
+    if cached is not None:
+        say(f"  using {len(cached)} layer sensitivities cached in {cache}")
+        return cached
+    costs = sensitivity.layer_costs(fp32, layers, evalset.feeds[0], workdir)
+    candidates = sensitivity.Candidates(fp32, plain, scheme.inputs_only)
+    results = sensitivity.analyse(candidates, layers, costs, score, baseline, say)
+    if cache is not None:
+        document = sensitivity.cache_document(cache, key, results)
+        atomic_write(cache, lambda path: path.write_text(json.dumps(document, indent=1) + "\n"))
+    return results

@@ -15,6 +15,7 @@ from segexport import precision
 from segexport.errors import SegexportError
 from segexport.export import ExportRequest, export_onnx
 from segexport.quantize import QuantizeRequest, calibration_batches, quantize_artifact
+from segexport.runtime.artifacts import sha256_file
 from tests.qdq_checks import assert_qdq_well_formed
 
 DEMO_MODELS = ["segformer-b0", "unet-small", "deeplabv3plus-mobilenetv2"]
@@ -73,7 +74,7 @@ def test_demo_precisions_meet_targets(name: str, tmp_path: Path) -> None:
     assert results["fp16"]["agreement"] >= 0.995
     for scheme_name in ("int8", "int8-cpu"):
         assert results[scheme_name]["agreement"] >= 0.99
-        assert results["fp32"]["miou"] - results[scheme_name]["miou"] <= 0.01
+        assert results["fp32"]["miou"] - results[scheme_name]["miou"] <= 0.005
         assert results[scheme_name]["calibration"]["images"] == 64
         graph = onnx.load(str(artifact / f"model.{scheme_name}.onnx"))
         assert_qdq_well_formed(graph, precision.INT8_SCHEMES[scheme_name])
@@ -131,18 +132,66 @@ def test_random_weight_artifacts_are_refused(small_artifact: Path, tmp_path: Pat
 
 
 def test_sensitive_layers_stay_float_until_agreement_is_met(unet_demo: Path, tmp_path: Path) -> None:
-    plain = quantize_artifact(QuantizeRequest(artifacts=unet_demo, fp16=False, force=True))["precisions"][
-        "int8"
-    ]
-    target = min(1.0, plain["agreement"] + 0.003)
+    """Holds on any CPU: TensorRT's graph is checked with emulated Q/DQ (no ISA-dependent
+    kernels), and the assertions are about the fallback's rules, not a machine's figures."""
+    plain = quantize_artifact(QuantizeRequest(artifacts=unet_demo, fp16=False, force=True, eval_images=8))[
+        "precisions"
+    ]["int8"]
+    assert plain["sensitivity_fallback"] == [] and plain["layers_measured"] == 0
+    target = min(1.0, plain["agreement"] + 0.002)
     guarded = quantize_artifact(
-        QuantizeRequest(artifacts=unet_demo, fp16=False, force=True, min_agreement=target)
+        QuantizeRequest(artifacts=unet_demo, fp16=False, force=True, min_agreement=target, eval_images=8)
     )["precisions"]["int8"]
-    assert guarded["sensitivity_fallback"], "no layer was kept float"
-    assert set(guarded["sensitivity_fallback"]) <= set(guarded["kept_float"])
-    assert guarded["agreement"] >= target or len(guarded["sensitivity_fallback"]) >= 8
-    assert guarded["agreement"] > plain["agreement"]
+    assert guarded["agreement_without_fallback"] == plain["agreement"]
+    assert guarded["layers_measured"] > 0
+    fallback = guarded["sensitivity_fallback"]
+    assert fallback, "no layer was kept float"
+    assert {f["node"] for f in fallback} <= set(guarded["kept_float"])
+    assert all(f["benefit"] > 0 and f["cost"] > 0 for f in fallback)
+    assert 0 < guarded["fallback_cost_share"] <= 1
+    if guarded["agreement"] < target:  # allowed only when every layer that helps is float
+        assert len(fallback) == guarded["layers_that_help"]
     assert guarded["qdq_pairs"] < plain["qdq_pairs"]
+
+
+def test_quantize_is_deterministic(unet_demo: Path, tmp_path: Path) -> None:
+    """The same command on the same inputs writes byte-identical INT8 graphs, fallback included."""
+    digests = []
+    for run in range(2):
+        artifact = tmp_path / f"run{run}"
+        shutil.copytree(unet_demo, artifact)
+        quantize_artifact(
+            QuantizeRequest(
+                artifacts=artifact, fp16=False, int8_cpu=True, force=True, min_agreement=0.999, eval_images=4
+            )
+        )
+        digests.append(
+            {name: sha256_file(artifact / name) for name in ("model.int8.onnx", "model.int8-cpu.onnx")}
+        )
+    assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("isa", ["avx2", "vnni"])
+def test_int8_cpu_records_its_target_cpu(unet_demo: Path, tmp_path: Path, isa: str) -> None:
+    from segexport.runtime.cpu_isa import detect_cpu_isa
+
+    artifact = tmp_path / "a"
+    shutil.copytree(unet_demo, artifact)
+    manifest = quantize_artifact(
+        QuantizeRequest(artifacts=artifact, fp16=False, int8=False, int8_cpu=True, cpu_isa=isa, eval_images=4)
+    )
+    result = manifest["precisions"]["int8-cpu"]
+    assert result["cpu_isa"]["target"] == isa and result["cpu_isa"]["detected_here"] == detect_cpu_isa()
+    assert result["scheme"]["reduce_range"] == (isa == "avx2")
+    graph = onnx.load(str(artifact / "model.int8-cpu.onnx"))
+    largest = max(
+        int(np.abs(onnx.numpy_helper.to_array(init).astype(np.int32)).max())
+        for init in graph.graph.initializer
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4
+    )
+    assert (largest <= 64) == (isa == "avx2"), largest
+    with pytest.raises(SegexportError, match="--cpu-isa 'sse'"):
+        quantize_artifact(QuantizeRequest(artifacts=artifact, int8_cpu=True, cpu_isa="sse", force=True))
 
 
 def test_chained_cast_round_trips_are_all_removed() -> None:

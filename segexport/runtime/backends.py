@@ -19,10 +19,18 @@ from typing import Any
 
 from segexport.errors import SegexportError, UnavailableError, first_line
 from segexport.runtime.artifacts import vouched_path
-from segexport.runtime.runners import OnnxRuntimeRunner, Runner
+from segexport.runtime.runners import (
+    TENSORRT_INT8_FILE,
+    OnnxRuntimeRunner,
+    Runner,
+    warn_if_int8_cpu_mismatch,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# On the CPU, INT8 means the graph quantized for ONNX Runtime's x86 kernels; model.int8.onnx
+# (TensorRT's) would run there only through its Q/DQ emulation, slower than FP32.
+CPU_ONNX_FILES = {**ONNX_FILES, "int8": "model.int8-cpu.onnx"}
 
 
 def engine_file_name(precision: str) -> str:
@@ -78,7 +86,9 @@ def _provider_unavailable(provider: str) -> Callable[[], str | None]:
 def _open_ort_cpu(
     directory: Path, file_name: str, manifest: dict[str, Any], _device: int, threads: int | None
 ) -> Runner:
-    return OnnxRuntimeRunner(vouched_path(directory, file_name, manifest), threads=threads)
+    warn_if_int8_cpu_mismatch(manifest, file_name)
+    path = vouched_path(directory, file_name, manifest)
+    return OnnxRuntimeRunner(path, threads=threads, emulate_qdq=file_name == TENSORRT_INT8_FILE)
 
 
 def _open_ort_cuda(
@@ -137,8 +147,10 @@ BACKENDS: tuple[Backend, ...] = (
     ),
     Backend(
         "onnxruntime-cpu",
-        ONNX_FILES.__getitem__,
-        ("fp32", "int8", "fp16"),  # FP16 kernels are slow on CPUs; FP32 is the exact one
+        CPU_ONNX_FILES.__getitem__,
+        # FP32 is the exact one; `--precision int8` takes model.int8-cpu.onnx (verified against
+        # its agreement target when it was made); FP16 kernels are slow on CPUs.
+        ("fp32", "int8", "fp16"),
         lambda: None,
         _open_ort_cpu,
     ),

@@ -6,6 +6,7 @@ verification stage compares runners; robotics and video pipelines use them direc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ import numpy as np
 
 from segexport.errors import SegexportError, first_line
 from segexport.runtime.artifacts import read_manifest, vouched_bytes
+from segexport.runtime.cpu_isa import int8_cpu_mismatch
 from segexport.runtime.inputs import check_input_shapes
 
 
@@ -43,7 +45,11 @@ class OnnxRuntimeRunner:
         providers: Sequence[str | tuple[str, dict[str, Any]]] = ("CPUExecutionProvider",),
         manifest: dict[str, Any] | None = None,
         name: str | None = None,
+        emulate_qdq: bool = False,
     ) -> None:
+        """`emulate_qdq`: run Q/DQ nodes as written instead of ONNX Runtime's fused integer
+        kernels, whose arithmetic differs between CPUs (segexport.runtime.cpu_isa): TensorRT's
+        numerics (exact INT32 accumulation), the same on every machine."""
         import onnxruntime as ort
 
         if threads is not None and threads < 1:
@@ -54,6 +60,8 @@ class OnnxRuntimeRunner:
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if emulate_qdq:
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=list(providers))
@@ -77,6 +85,18 @@ class OnnxRuntimeRunner:
         return dict(zip(self.output_names, (np.asarray(o) for o in outputs), strict=True))
 
 
+# The INT8 graph made for TensorRT: on ONNX Runtime it is only ever checked, never deployed
+# (model.int8-cpu.onnx is the CPU's), so it runs with TensorRT's arithmetic.
+TENSORRT_INT8_FILE = "model.int8.onnx"
+
+
+def warn_if_int8_cpu_mismatch(manifest: dict[str, Any], file_name: str) -> None:
+    """One warning when an `int8-cpu` graph runs on a CPU whose INT8 arithmetic it was not made for."""
+    problem = int8_cpu_mismatch(manifest, file_name)
+    if problem is not None:
+        warnings.warn(problem, RuntimeWarning, stacklevel=3)
+
+
 def open_runner(
     directory: Path, file_name: str, manifest: dict[str, Any], threads: int | None = None
 ) -> Runner:
@@ -88,7 +108,14 @@ def open_runner(
     suffix = Path(file_name).suffix
     if suffix == ".onnx":
         data = vouched_bytes(directory, file_name, manifest)
-        return OnnxRuntimeRunner(data, threads=threads, manifest=manifest, name=file_name)
+        warn_if_int8_cpu_mismatch(manifest, file_name)
+        return OnnxRuntimeRunner(
+            data,
+            threads=threads,
+            manifest=manifest,
+            name=file_name,
+            emulate_qdq=file_name == TENSORRT_INT8_FILE,
+        )
     if suffix == ".engine":
         from segexport.runtime.engine import open_engine_runner  # cuda-python/TensorRT: only when asked
 
