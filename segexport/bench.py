@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from segexport.compare import OutputComparison, default_tolerance, judge
-from segexport.data import SyntheticScenes, open_dataset
+from segexport.data import LabelledImages, SyntheticScenes, open_dataset
 from segexport.errors import SegexportError, first_line
 from segexport.export import ExportRequest, export_onnx
 from segexport.quantize import EvalSet, QuantizeRequest, evaluation_set, measure, quantize_artifact
@@ -241,6 +241,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
         for batch in batches:
             check_input_shapes(manifest, {"image": (batch, 3, *size)}, "--size/--batch")
         trained = prepared.get("trained", bool(manifest["model"].get("weights")))
+        folder = labelled_folder(request.data, manifest, request.eval_images)
         runs, seconds = request.runs, (None if request.runs else request.seconds or DEFAULT_SECONDS)
         plan = _plan(parse_formats(request.formats), parse_backends(request.backends), manifest)
         say(
@@ -251,7 +252,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
             + " per format, interleaved"
         )
         rows, runners, memory_note = _open_rows(plan, directory, manifest, threads, request.warmup, size, say)
-        accuracy_note = _evaluate(rows, runners, manifest, request, threads, trained, say)
+        accuracy_note = _evaluate(rows, runners, manifest, request, folder, threads, trained, say)
         _time_rows(rows, runners, manifest, size, batches, request.scenario, request.warmup, runs, seconds)
         for runner in runners.values():
             close = getattr(runner, "close", None)
@@ -262,7 +263,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
         "ok": True,
         "model": spec.name,
         "artifact": None if prepared.get("temporary") else str(directory),
-        "weights": manifest["model"].get("weights", {}) and manifest["model"]["weights"].get("path"),
+        "weights": (manifest["model"].get("weights") or {}).get("path"),
         "scenario": request.scenario,
         "scenario_note": f"{SCENARIOS[request.scenario][1]}; after MLPerf Inference's edge scenarios, "
         "shortened for development machines (a time budget per format, not MLPerf's minimum duration "
@@ -513,6 +514,7 @@ def _evaluate(
     runners: dict[int, Runner],
     manifest: dict[str, Any],
     request: BenchRequest,
+    folder: LabelledImages | None,
     threads: int,
     trained: bool,
     say: Progress,
@@ -524,7 +526,7 @@ def _evaluate(
     if not runners:
         return "no row ran"
     try:
-        evalset = _evalset(manifest, request, threads)
+        evalset = _evalset(manifest, folder, request.eval_images, threads)
     except SegexportError as error:
         return f"not measured: {first_line(error)}"
     say(f"evaluating {len(runners)} row(s) on {len(evalset.feeds)} {request.data} images")
@@ -563,29 +565,38 @@ def _evaluate(
     )
 
 
-def _evalset(manifest: dict[str, Any], request: BenchRequest, threads: int) -> EvalSet:
-    """quantize's evaluation split, or a labelled folder (images/, masks/, classes.txt)."""
-    if request.data == "synthetic":
-        return evaluation_set(manifest, request.eval_images, threads)
-    size = data_size(manifest)
-    dataset = open_dataset(request.data, "eval", request.eval_images, size)
+def labelled_folder(data: str, manifest: dict[str, Any], count: int) -> LabelledImages | None:
+    """`--data DIR` opened and checked against the model's classes (None for synthetic)."""
+    if data == "synthetic":
+        return None
+    dataset = open_dataset(data, "eval", count, data_size(manifest))
     if len(dataset.class_names) != manifest["model"]["num_classes"]:
         raise SegexportError(
-            f"{request.data}: classes.txt names {len(dataset.class_names)} classes; "
+            f"--data {data}: classes.txt names {len(dataset.class_names)} classes; "
             f"the model has {manifest['model']['num_classes']}"
         )
+    if len(dataset) == 0:
+        raise SegexportError(f"--data {data}: no images")
+    return dataset
+
+
+def _evalset(manifest: dict[str, Any], folder: LabelledImages | None, count: int, threads: int) -> EvalSet:
+    """quantize's evaluation split, or the first `count` images of a labelled folder."""
+    if folder is None:
+        return evaluation_set(manifest, count, threads)
+    size = data_size(manifest)
     prep = manifest["preprocessing"]
     spec = get_spec(manifest["model"]["name"])
     reference = TorchRunner(reference_model(manifest), spec.output_names, threads)
     feeds, labels = [], []
-    for index in range(min(request.eval_images, len(dataset))):
-        image, label = dataset[index]
+    for index in range(min(count, len(folder))):
+        image, label = folder[index]
         feeds.append(
             {"image": preprocess(resize(image, size)[None], prep["mean"], prep["std"], prep["scale"])}
         )
         labels.append(resize(label, size, labels=True)[None])
     outputs = [reference.infer(feed)[spec.output_names[0]] for feed in feeds]
-    return EvalSet(feeds, labels, outputs, tuple(dataset.class_names))
+    return EvalSet(feeds, labels, outputs, tuple(folder.class_names))
 
 
 # --------------------------------------------------------------------------- timing

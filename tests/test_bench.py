@@ -243,3 +243,29 @@ def test_plot_without_the_bench_extra_is_one_line(tmp_path: Path, monkeypatch: p
     code, _, stderr = run("bench", "--model", "unet-small", "--plot", str(tmp_path / "bench.png"))
     assert_one_line_error(code, stderr, "pip install 'segexport[bench]'")
     assert not (tmp_path / "bench.png").exists()
+
+
+def test_a_labelled_folder_scores_as_the_same_synthetic_images(
+    demo: tuple[BenchResult, Path], tmp_path: Path
+) -> None:
+    """`--data DIR` reads, resizes and scores images exactly as the synthetic split does."""
+    from PIL import Image
+
+    from segexport.data import SYNTHETIC_CLASSES, SyntheticScenes
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for index, (image, labels) in enumerate(SyntheticScenes("eval", 2, (128, 128))):
+        Image.fromarray(image).save(tmp_path / "images" / f"{index}.png")
+        Image.fromarray(labels.astype(np.uint8), mode="L").save(tmp_path / "masks" / f"{index}.png")
+    (tmp_path / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES))
+    common = {"artifacts": demo[1], "formats": "onnx-int8", "backends": "ort-cpu", "runs": 1}
+    (folder,) = run_bench(quick(data=str(tmp_path), **common)).rows
+    (synthetic,) = run_bench(quick(**common)).rows
+    assert folder.accuracy is not None and synthetic.accuracy is not None
+    assert folder.accuracy["images"] == 2
+    assert folder.accuracy["miou"] == pytest.approx(synthetic.accuracy["miou"], abs=1e-9)
+    assert folder.accuracy["agreement"] == pytest.approx(synthetic.accuracy["agreement"], abs=1e-9)
+    (tmp_path / "classes.txt").write_text("background\nobject\n")
+    code, _, stderr = run("bench", "--artifacts", str(demo[1]), "--data", str(tmp_path), "--runs", "1")
+    assert_one_line_error(code, stderr, "classes.txt names 2 classes; the model has 7")
