@@ -67,6 +67,7 @@ BACKEND_ALIASES = {
     "ort-trt": "onnxruntime-tensorrt",
     "tensorrt": "tensorrt",
 }
+GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
 DEFAULT_FORMATS = ("pytorch", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-cpu", "engine-*")
 SCENARIOS = {  # name -> (headline figure, what a query is)
     "single-stream": ("p90", "one frame per query, batch 1"),
@@ -79,6 +80,7 @@ DEFAULT_SECONDS = 2.0  # timed seconds per format (and per batch size offline)
 MIN_TIMED_RUNS = 5  # a time budget never ends a format before this many runs
 HIGH_VARIATION = 0.10  # coefficient of variation above which a row warns (trtexec warns at 1% on GPUs)
 PERCENTILES = (50, 90, 95, 99)
+BUSY_LOAD = 0.5  # load average per usable core above which the machine counts as busy
 GPU_SPLIT_NOT_MEASURED = (
     "not measured: the runners do not time host-to-device copies, compute and device-to-host "
     "copies separately (trtexec --dumpProfile does)"
@@ -230,6 +232,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
     say = progress or (lambda _message: None)
     check_request(request)
     started = time.perf_counter()
+    load = os.getloadavg()[0]  # before any of our own work: what else keeps the CPUs busy
     threads = request.threads or len(os.sched_getaffinity(0))
     with _artifact(request, threads, say) as (directory, prepared):
         manifest = read_manifest(directory)
@@ -285,7 +288,8 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
             "raw": manifest["onnx"].get("nodes_before_simplify"),
             "simplified": manifest["onnx"].get("nodes"),
         },
-        "machine": machine_info(threads),
+        "machine": {**machine_info(threads), "load_average_before": round(load, 2)},
+        "machine_warning": busy_warning(load),
         "seconds": round(time.perf_counter() - started, 1),
     }
     return BenchResult(header, rows)
@@ -658,8 +662,8 @@ def _time_rows(
                 f"{figures['std'] / figures['mean']:.0%} > {HIGH_VARIATION:.0%}): the machine is busy or "
                 "throttling; rerun with more --seconds"
             )
-        gpu = not (row.backend_used or "").startswith(("pytorch", "onnxruntime CPU"))
-        row.gpu_split = {"measured": False, "reason": GPU_SPLIT_NOT_MEASURED} if gpu else None
+        if row.backend in GPU_BACKENDS:
+            row.gpu_split = {"measured": False, "reason": GPU_SPLIT_NOT_MEASURED}
 
 
 def interleaved_samples(
@@ -752,6 +756,18 @@ def _ratios(rows: list[Row], scenario: str) -> None:
 
 
 # --------------------------------------------------------------------------- the machine
+
+
+def busy_warning(load: float) -> str | None:
+    """A warning when other processes kept the CPUs busy as the run began: contention makes
+    every timing noisy, and PyTorch's OpenMP threads (spinning barriers) suffer most."""
+    cores = len(os.sched_getaffinity(0))
+    if load <= BUSY_LOAD * cores:
+        return None
+    return (
+        f"the machine was busy before the run (1-minute load average {load:.2f} on {cores} usable "
+        "cores): timings are noisy and CPU rows, PyTorch most, run slower than on a quiet machine"
+    )
 
 
 def machine_info(threads: int) -> dict[str, Any]:

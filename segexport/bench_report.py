@@ -45,6 +45,8 @@ def format_report(result: BenchResult) -> str:
         )
     lines += ["", *_table(result.rows, header["scenario"]), ""]
     notes = _notes(result.rows)
+    if header.get("machine_warning"):
+        notes.append(f"warning: {header['machine_warning']}")
     if notes:
         lines += [*notes, ""]
     lines.append(f"bench took {header['seconds']:.1f} s")

@@ -18,6 +18,7 @@ from segexport.bench import (
     DEFAULT_FORMATS,
     BenchRequest,
     BenchResult,
+    busy_warning,
     interleaved_samples,
     latency_stats,
     parse_formats,
@@ -168,6 +169,12 @@ def test_interleaved_samples_time_each_runner_every_round(demo: tuple[BenchResul
     assert all(enqueues == [] for _, enqueues in samples)  # ONNX Runtime has no enqueue/collect split
     timed = interleaved_samples(runners[:1], feeds, runs=None, seconds=0.05, label="test")
     assert len(timed[0][0]) >= 5  # a time budget never stops before MIN_TIMED_RUNS
+
+
+def test_a_busy_machine_is_warned_about() -> None:
+    assert busy_warning(0.0) is None
+    warning = busy_warning(64.0)
+    assert warning is not None and "the machine was busy before the run" in warning
 
 
 def test_latency_stats_are_ordered_percentiles() -> None:
