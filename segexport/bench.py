@@ -80,7 +80,7 @@ DEFAULT_SECONDS = 2.0  # timed seconds per format (and per batch size offline)
 MIN_TIMED_RUNS = 5  # a time budget never ends a format before this many runs
 HIGH_VARIATION = 0.10  # coefficient of variation above which a row warns (trtexec warns at 1% on GPUs)
 PERCENTILES = (50, 90, 95, 99)
-BUSY_LOAD = 0.5  # load average per usable core above which the machine counts as busy
+BUSY_CORES = 0.25  # CPU (in cores) that other processes may take during the timed runs unwarned
 GPU_SPLIT_NOT_MEASURED = (
     "not measured: the runners do not time host-to-device copies, compute and device-to-host "
     "copies separately (trtexec --dumpProfile does)"
@@ -232,7 +232,6 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
     say = progress or (lambda _message: None)
     check_request(request)
     started = time.perf_counter()
-    load = os.getloadavg()[0]  # before any of our own work: what else keeps the CPUs busy
     threads = request.threads or len(os.sched_getaffinity(0))
     with _artifact(request, threads, say) as (directory, prepared):
         manifest = read_manifest(directory)
@@ -256,7 +255,9 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
         )
         rows, runners, memory_note = _open_rows(plan, directory, manifest, threads, request.warmup, size, say)
         accuracy_note = _evaluate(rows, runners, manifest, request, folder, threads, trained, say)
+        cpu_before, clock = cpu_seconds(), time.perf_counter()
         _time_rows(rows, runners, manifest, size, batches, request.scenario, request.warmup, runs, seconds)
+        others = other_processes_cores(cpu_before, time.perf_counter() - clock)
         for runner in runners.values():
             close = getattr(runner, "close", None)
             if close is not None:
@@ -288,8 +289,8 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
             "raw": manifest["onnx"].get("nodes_before_simplify"),
             "simplified": manifest["onnx"].get("nodes"),
         },
-        "machine": {**machine_info(threads), "load_average_before": round(load, 2)},
-        "machine_warning": busy_warning(load),
+        "machine": {**machine_info(threads), "other_processes_cores": others},
+        "machine_warning": busy_warning(others, threads),
         "seconds": round(time.perf_counter() - started, 1),
     }
     return BenchResult(header, rows)
@@ -758,15 +759,36 @@ def _ratios(rows: list[Row], scenario: str) -> None:
 # --------------------------------------------------------------------------- the machine
 
 
-def busy_warning(load: float) -> str | None:
-    """A warning when other processes kept the CPUs busy as the run began: contention makes
-    every timing noisy, and PyTorch's OpenMP threads (spinning barriers) suffer most."""
-    cores = len(os.sched_getaffinity(0))
-    if load <= BUSY_LOAD * cores:
+def cpu_seconds() -> tuple[float, float] | None:
+    """CPU seconds every process has used since boot, and this process's (None off Linux)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields) - fields[3] - fields[4]  # user .. steal, less idle and iowait
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return busy / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
+
+
+def other_processes_cores(before: tuple[float, float] | None, wall: float) -> float | None:
+    """How many cores other processes kept busy, on average, since `before`."""
+    after = cpu_seconds()
+    if before is None or after is None or wall <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return round(max(others, 0.0) / wall, 2)
+
+
+def busy_warning(others: float | None, threads: int) -> str | None:
+    """A warning when other processes took CPU the benchmark needed: contention makes every
+    timing noisy, and PyTorch's OpenMP threads (spinning barriers) suffer most."""
+    spare = len(os.sched_getaffinity(0)) - threads  # cores the benchmark leaves to others
+    if others is None or others <= max(BUSY_CORES, spare):
         return None
     return (
-        f"the machine was busy before the run (1-minute load average {load:.2f} on {cores} usable "
-        "cores): timings are noisy and CPU rows, PyTorch most, run slower than on a quiet machine"
+        f"other processes kept {others:.2f} cores busy during the timed runs ({threads} threads "
+        f"here, {spare + threads} usable cores): timings are noisy and CPU rows, PyTorch most, "
+        "run slower than on a quiet machine"
     )
 
 

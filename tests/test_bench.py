@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from segexport.bench import (
     BenchRequest,
     BenchResult,
     busy_warning,
+    cpu_seconds,
     interleaved_samples,
     latency_stats,
+    other_processes_cores,
     parse_formats,
     run_bench,
 )
@@ -171,10 +174,16 @@ def test_interleaved_samples_time_each_runner_every_round(demo: tuple[BenchResul
     assert len(timed[0][0]) >= 5  # a time budget never stops before MIN_TIMED_RUNS
 
 
-def test_a_busy_machine_is_warned_about() -> None:
-    assert busy_warning(0.0) is None
-    warning = busy_warning(64.0)
-    assert warning is not None and "the machine was busy before the run" in warning
+def test_other_processes_taking_the_cpu_are_warned_about() -> None:
+    before = cpu_seconds()
+    if before is None:
+        pytest.skip("no /proc/stat: CPU use of other processes is not measured here")
+    time.sleep(0.2)  # this process idles: whatever ran was someone else's
+    others = other_processes_cores(before, 0.2)
+    assert others is not None and others >= 0
+    assert busy_warning(None, 1) is None and busy_warning(0.0, 1) is None
+    warning = busy_warning(64.0, 1)
+    assert warning is not None and "other processes kept 64.00 cores busy" in warning
 
 
 def test_latency_stats_are_ordered_percentiles() -> None:
