@@ -16,6 +16,7 @@ import onnxruntime
 import pytest
 
 from segexport.bench import (
+    BACKEND_ALIASES,
     DEFAULT_FORMATS,
     BenchRequest,
     BenchResult,
@@ -29,6 +30,7 @@ from segexport.bench import (
 )
 from segexport.bench_report import format_report, write_plot
 from segexport.build import BuildOptions, BuildRequest, build_artifact, engine_file
+from segexport.cli import main
 from segexport.report import json_safe
 from segexport.runtime import OnnxRuntimeRunner
 from tests.emulator import install
@@ -184,6 +186,14 @@ def test_other_processes_taking_the_cpu_are_warned_about() -> None:
     assert busy_warning(None, 1) is None and busy_warning(0.0, 1) is None
     warning = busy_warning(64.0, 1)
     assert warning is not None and "other processes kept 64.00 cores busy" in warning
+
+
+def test_the_command_defaults_are_the_api_defaults() -> None:
+    """The CLI spells the defaults out (it must not import torch to show --help)."""
+    options = {param.name: param.default for param in main.commands["bench"].params}
+    assert options["formats"] == ",".join(DEFAULT_FORMATS)
+    assert options["backends"] == ",".join(BACKEND_ALIASES)
+    assert options["warmup"] == BenchRequest.warmup and options["eval_images"] == BenchRequest.eval_images
 
 
 def test_latency_stats_are_ordered_percentiles() -> None:
