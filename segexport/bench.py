@@ -423,6 +423,8 @@ def _open_rows(
             reasons = []
             if item.file in manifest["files"]:
                 row.size_mb = _file_mb(directory / item.file)
+            elif os.path.lexists(directory / item.file):
+                reasons.append(f"{item.file} is not listed in {MANIFEST}; refused")
             else:
                 maker = "segexport trt" if item.file.endswith(".engine") else "segexport quantize"
                 reasons.append(f"the artifact has no {item.file} ({maker} makes it)")

@@ -295,3 +295,26 @@ def test_a_labelled_folder_scores_as_the_same_synthetic_images(
     (tmp_path / "classes.txt").write_text("background\nobject\n")
     code, _, stderr = run("bench", "--artifacts", str(demo[1]), "--data", str(tmp_path), "--runs", "1")
     assert_one_line_error(code, stderr, "classes.txt names 2 classes; the model has 7")
+
+
+def test_sizes_and_batches_outside_the_artifact_are_refused(demo: tuple[BenchResult, Path]) -> None:
+    artifact = str(demo[1])
+    code, _, stderr = run("bench", "--artifacts", artifact, "--size", "63x63")
+    assert_one_line_error(code, stderr, "height 63 is not a multiple of 16")
+    code, _, stderr = run("bench", "--artifacts", artifact, "--scenario", "offline", "--batch", "1,64")
+    assert_one_line_error(code, stderr, "batch 64 is outside the verified range 1..16")
+
+
+def test_unlisted_and_changed_files_are_rows_that_refuse(
+    demo: tuple[BenchResult, Path], tmp_path: Path
+) -> None:
+    artifact = tmp_path / "unet-small"
+    shutil.copytree(demo[1], artifact)
+    (artifact / "model.int8.onnx").write_bytes((artifact / "model.int8.onnx").read_bytes() + b"x")
+    (artifact / "model.fp32.engine").write_bytes(b"not an engine")
+    request = quick(artifacts=artifact, formats="onnx-int8,engine-fp32", backends="ort-cpu,tensorrt")
+    int8, engine = run_bench(request).rows
+    assert int8.status == "unavailable" and "does not match the manifest" in str(int8.reason)
+    assert engine.status == "unavailable" and "model.fp32.engine is not listed in manifest.json" in str(
+        engine.reason
+    )
