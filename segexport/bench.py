@@ -232,7 +232,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
     say = progress or (lambda _message: None)
     check_request(request)
     started = time.perf_counter()
-    threads = request.threads or len(os.sched_getaffinity(0))
+    threads = request.threads or usable_cores()
     with _artifact(request, threads, say) as (directory, prepared):
         manifest = read_manifest(directory)
         spec = get_spec(manifest["model"]["name"])
@@ -245,7 +245,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
         trained = prepared.get("trained", bool(manifest["model"].get("weights")))
         folder = labelled_folder(request.data, manifest, request.eval_images)
         runs, seconds = request.runs, (None if request.runs else request.seconds or DEFAULT_SECONDS)
-        plan = _plan(parse_formats(request.formats), parse_backends(request.backends), manifest)
+        plan = _plan(parse_formats(request.formats), parse_backends(request.backends))
         say(
             f"bench {spec.name}: {request.scenario} at {size[0]}x{size[1]}, "
             f"batch {','.join(map(str, batches))}, "
@@ -254,14 +254,16 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
             + " per format, interleaved"
         )
         rows, runners, memory_note = _open_rows(plan, directory, manifest, threads, request.warmup, size, say)
-        accuracy_note = _evaluate(rows, runners, manifest, request, folder, threads, trained, say)
-        cpu_before, clock = cpu_seconds(), time.perf_counter()
-        _time_rows(rows, runners, manifest, size, batches, request.scenario, request.warmup, runs, seconds)
-        others = other_processes_cores(cpu_before, time.perf_counter() - clock)
-        for runner in runners.values():
-            close = getattr(runner, "close", None)
-            if close is not None:
-                close()
+        try:
+            accuracy_note = _evaluate(rows, runners, manifest, request, folder, threads, trained, say)
+            cpu_before, clock = cpu_seconds(), time.perf_counter()
+            _time_rows(
+                rows, runners, manifest, size, batches, request.scenario, request.warmup, runs, seconds
+            )
+            others = other_processes_cores(cpu_before, time.perf_counter() - clock)
+        finally:
+            for runner in runners.values():
+                _close(runner)
     _ratios(rows, request.scenario)
     header = {
         "ok": True,
@@ -379,7 +381,7 @@ class _Planned:
     file: str | None
 
 
-def _plan(formats: list[str], backends: list[str], manifest: dict[str, Any]) -> list[_Planned | Row]:
+def _plan(formats: list[str], backends: list[str]) -> list[_Planned | Row]:
     """A (format, backend) pair for each backend that runs the format's kind of file; a row
     with the reason for a format that none of the requested backends runs."""
     plan: list[_Planned | Row] = []
@@ -436,21 +438,30 @@ def _open_rows(
         say(f"loading {item.format} on {item.backend}")
         _reset_peak()
         before = _rss_mb("VmRSS") if resettable else 0.0
+        runner = None
         try:
             runner = _open(item, directory, manifest, threads)
             for _ in range(warmup):
                 runner.infer(feeds)
-        except SegexportError as error:
-            row.status, row.reason = "unavailable", first_line(error)
-            continue
-        except Exception as error:  # the runtime's own failures: the row says which
-            row.status, row.reason = "unavailable", f"the runtime failed: {first_line(error)}"
+        except Exception as error:  # SegexportError says why; the runtime's own failures too
+            known = isinstance(error, SegexportError)
+            row.status = "unavailable"
+            row.reason = first_line(error) if known else f"the runtime failed: {first_line(error)}"
+            if runner is not None:
+                _close(runner)
             continue
         peak = _rss_mb("VmHWM") - before if resettable else _process_peak_mb()
         row.peak_mem_mb = round(max(peak, 0.0), 1)
         row.backend_used = backend_used(runner)
         runners[len(rows) - 1] = runner
     return rows, runners, MEMORY_NOTE if resettable else MEMORY_FALLBACK_NOTE
+
+
+def _close(runner: Runner) -> None:
+    """Release what a runner holds (engines: streams and device memory)."""
+    close = getattr(runner, "close", None)
+    if close is not None:
+        close()
 
 
 def _backend(name: str) -> Backend:
@@ -626,11 +637,11 @@ def _time_rows(
         live = dict(runners)
         for index, runner in list(live.items()):
             try:
-                for _ in range(warmup if batch != 1 else 0):  # batch 1 was warmed up at load
+                for _ in range(max(warmup if batch != 1 else 0, 1)):  # batch 1 warmed up at load
                     runner.infer(feeds)
             except Exception as error:  # e.g. an engine built for smaller batches
-                rows[index].status = "unavailable"
-                rows[index].reason = f"batch {batch}: {first_line(error)}"
+                failed = f"batch {batch} failed: {first_line(error)}"
+                rows[index].reason = "; ".join(filter(None, (rows[index].reason, failed)))
                 del live[index]
         samples = interleaved_samples(list(live.values()), feeds, runs, seconds, f"timing batch {batch}")
         for index, (latencies, enqueues) in zip(live, samples, strict=True):
@@ -644,8 +655,10 @@ def _time_rows(
             if enqueues:
                 figures["enqueue_ms"] = round(float(np.median(enqueues)), 3)
             row.batches[batch] = figures
-    for row in rows:
+    for index, row in enumerate(rows):
         if not row.batches:
+            if index in runners:  # it loaded, but no batch size ran
+                row.status = "unavailable"
             continue
         best = (
             max(row.batches, key=lambda b: row.batches[b]["throughput_fps"])
@@ -761,6 +774,13 @@ def _ratios(rows: list[Row], scenario: str) -> None:
 # --------------------------------------------------------------------------- the machine
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpu_seconds() -> tuple[float, float] | None:
     """CPU seconds every process has used since boot, and this process's (None off Linux)."""
     try:
@@ -784,7 +804,7 @@ def other_processes_cores(before: tuple[float, float] | None, wall: float) -> fl
 def busy_warning(others: float | None, threads: int) -> str | None:
     """A warning when other processes took CPU the benchmark needed: contention makes every
     timing noisy, and PyTorch's OpenMP threads (spinning barriers) suffer most."""
-    spare = len(os.sched_getaffinity(0)) - threads  # cores the benchmark leaves to others
+    spare = usable_cores() - threads  # cores the benchmark leaves to others
     if others is None or others <= max(BUSY_CORES, spare):
         return None
     return (
@@ -822,7 +842,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
+        "usable_cores": usable_cores(),
         "threads": threads,
         "os": platform.platform(),
         "gpu": _gpu_note(),

@@ -157,8 +157,13 @@ def test_engine_rows_on_the_emulator_split_enqueue_from_latency(
     options = BuildOptions(precision="fp32", max_size=(128, 128), max_batch=1)
     build_artifact(BuildRequest(options, artifacts=artifact, force=True))
     request = quick(artifacts=artifact, formats="engine-fp32", backends="tensorrt")
+    request.scenario, request.batches = "offline", [1, 2]  # the engine takes batch 1 only
     (row,) = run_bench(request).rows
     assert row.file == engine_file("fp32") and row.status == "ok", row.reason
+    assert set(row.batches) == {1} and row.batch == 1
+    assert "batch 2 failed" in str(row.reason) and "outside the range the engine was built for" in str(
+        row.reason
+    )
     assert row.backend_used == "tensorrt" and row.latency_ms is not None
     assert row.accuracy is not None and row.accuracy["agreement"] > 0.999  # the emulator runs the ONNX
     assert row.enqueue_ms is not None and 0 < row.enqueue_ms <= row.latency_ms["max"]
