@@ -88,7 +88,11 @@ typecheck-trt: $(INSTALLED)
 	$(PYTHON) tools/trt_typecheck.py
 
 bench: $(INSTALLED)
-	$(SEGEXPORT) bench export --models segformer-b0,unet,deeplabv3plus --size 512x512 --runs 20 --threads 2
+	mkdir -p artifacts/bench
+	for model in segformer-b0 unet-small deeplabv3plus-mobilenetv2; do \
+		$(SEGEXPORT) bench --model $$model --weights demo --force \
+			--report artifacts/bench/$$model.md --plot artifacts/bench/$$model.png || exit 1; \
+	done
 
 clean:
 	rm -rf artifacts .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

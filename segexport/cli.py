@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -964,75 +964,113 @@ def triton(
         click.echo(f"note: {note}")
 
 
-@main.group()
-def bench() -> None:
-    """Benchmarks that print tables (medians of interleaved runs)."""
-
-
-def _bench_options(default_models: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """The options every benchmark takes."""
-    options = [
-        click.option(
-            "--models", default=default_models, show_default=True, help="Comma-separated zoo names."
-        ),
-        click.option("--size", callback=_size, default="512x512", show_default=True),
-        click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True),
-        click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True),
-        click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True),
-        click.option("--json", "as_json", is_flag=True),
-    ]
-
-    def decorate(command: Callable[..., None]) -> Callable[..., None]:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
-
-
-def _run_bench(
+@main.command()
+@click.option("--artifacts", type=click.Path(path_type=Path), help="Benchmark this artifact as it is.")
+@click.option("--model", "model_name", help="Zoo name: export (and quantize) it first, then benchmark.")
+@click.option(
+    "--weights", help="Checkpoint for --model, or 'demo' (default: seeded random weights, timed only)."
+)
+@click.option(
+    "--formats",
+    default="pytorch,onnx-fp32,onnx-fp16,onnx-int8,onnx-int8-cpu,engine-*",
+    show_default=True,
+    help="Comma-separated: pytorch, onnx-fp32, onnx-fp16, onnx-int8, onnx-int8-cpu, engine-fp32/fp16/int8.",
+)
+@click.option(
+    "--backends",
+    default="ort-cpu,ort-cuda,ort-trt,tensorrt",
+    show_default=True,
+    help="ONNX files run on the ort-* backends, engines on tensorrt; PyTorch is the CPU baseline.",
+)
+@click.option(
+    "--scenario",
+    type=click.Choice(["single-stream", "multi-stream", "offline"]),
+    default="single-stream",
+    show_default=True,
+    help="After MLPerf's edge scenarios: p90 at batch 1; p99 of multi-frame queries; best-batch throughput.",
+)
+@click.option(
+    "--size", callback=_size, help="HxW [the checkpoint's training size, else the model's default]."
+)
+@click.option(
+    "--batch",
+    "batches",
+    help="Frames per query (multi-stream) [4], or batch sizes to try (offline) [1,4].",
+)
+@click.option("--threads", type=_POSITIVE, help="CPU threads for every format [usable cores].")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--runs", type=_POSITIVE, help="Timed runs per format (instead of --seconds).")
+@click.option("--seconds", type=_Float(min=0.0, min_open=True), help="Timed seconds per format [2].")
+@click.option("--data", default="synthetic", show_default=True, help="'synthetic' or a labelled folder.")
+@click.option(
+    "--eval-images", type=_POSITIVE, default=8, show_default=True, help="Images for mIoU/agreement."
+)
+@click.option("--report", type=click.Path(path_type=Path), help="Also write the table as Markdown (.md).")
+@click.option(
+    "--plot", type=click.Path(path_type=Path), help="Latency vs mIoU plot (.png; segexport[bench])."
+)
+@click.option("--force", is_flag=True, help="Replace an existing --report/--plot file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result only.")
+@click.pass_context
+def bench(
     ctx: click.Context,
-    kind: str,
-    models: str,
-    size: tuple[int, int],
-    runs: int,
+    artifacts: Path | None,
+    model_name: str | None,
+    weights: str | None,
+    formats: str,
+    backends: str,
+    scenario: str,
+    size: tuple[int, int] | None,
+    batches: str | None,
+    threads: int | None,
     warmup: int,
-    threads: int,
+    runs: int | None,
+    seconds: float | None,
+    data: str,
+    eval_images: int,
+    report: Path | None,
+    plot: Path | None,
+    force: bool,
     as_json: bool,
 ) -> None:
-    from segexport import bench as benchmarks
+    """One table of every format and backend: status, size, latency percentiles, FPS, memory, mIoU."""
+    from segexport.bench import BenchRequest, check_request, parse_batches, run_bench
+    from segexport.bench_report import check_outputs, format_report, write_plot, write_report
+    from segexport.report import json_safe
 
     ctx.meta["json"] = as_json
-    names = [name.strip() for name in models.split(",") if name.strip()]
-    rows: Sequence[Any]
-    if kind == "export":
-        rows = benchmarks.bench_export(names, size, runs, warmup, threads, progress=_progress)
-        table = benchmarks.format_export_table(rows)
-    else:
-        rows = benchmarks.bench_precision(names, size, runs, warmup, threads, progress=_progress)
-        table = benchmarks.format_precision_table(rows)
-    machine = benchmarks.machine_note(threads)
+    request = BenchRequest(
+        artifacts=artifacts,
+        model=model_name,
+        weights=weights,
+        formats=formats,
+        backends=backends,
+        scenario=scenario,
+        size=size,
+        batches=None if batches is None else parse_batches(batches),
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        seconds=seconds,
+        data=data,
+        eval_images=eval_images,
+    )
+    check_request(request)
+    check_outputs(report, plot, force)
+    if plot is not None:
+        import matplotlib  # noqa: F401  (the [bench] extra, checked before minutes of work)
+    result = run_bench(request, progress=_progress)
+    if report is not None:
+        write_report(result, report)
+    if plot is not None:
+        write_plot(result, plot)
     if as_json:
-        click.echo(json.dumps({"machine": machine, "rows": [row.to_dict() for row in rows]}, indent=2))
+        click.echo(json.dumps(json_safe(result.to_dict()), indent=2))
         return
-    click.echo(f"machine: {machine}; medians of {runs} interleaved runs after {warmup} warm-up")
-    click.echo(table)
-
-
-@bench.command("export")
-@_bench_options("segformer-b0,unet,deeplabv3plus")
-@click.pass_context
-def bench_export_command(ctx: click.Context, **options: Any) -> None:
-    """Export time, node counts, and PyTorch vs ONNX Runtime CPU latency."""
-    _run_bench(ctx, "export", **options)
-
-
-@bench.command("precision")
-@_bench_options("segformer-b0,unet,unet-small,deeplabv3plus-mobilenetv2")
-@click.pass_context
-def bench_precision_command(ctx: click.Context, **options: Any) -> None:
-    """FP32/FP16/INT8/INT8-CPU ONNX Runtime CPU latency; accuracy where a demo checkpoint exists."""
-    _run_bench(ctx, "precision", **options)
+    click.echo(format_report(result), nl=False)
+    for path in (report, plot):
+        if path is not None:
+            click.echo(f"wrote {path}")
 
 
 def export_summary(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 The base install is the runtime (numpy, ONNX Runtime, Pillow, click): enough to run an
 artifact on a Jetson. The stages that make artifacts need `segexport[export]`; engines
-need `segexport[trt]`; Triton repositories `segexport[triton]`. A command that reaches a
-missing package says which extra to install instead of showing a traceback.
+need `segexport[trt]`; Triton repositories `segexport[triton]`; `segexport bench --plot`
+needs `segexport[bench]`. A command that reaches a missing package says which extra to
+install instead of showing a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ EXTRAS = {
     "trt": ("tensorrt", "cuda"),
     "video": ("av",),
     "triton": ("tritonclient", "grpc"),
+    "bench": ("matplotlib",),
 }
 
 

@@ -108,6 +108,9 @@ def test_doctor_and_missing_extras_without_torch(runtime_venv: tuple[Path, Path]
     assert message.endswith("is not installed): pip install 'segexport[export]'"), message
     assert len(message.splitlines()) == 1
     assert not (tmp_path / "artifacts").exists()
+    bench = _run([*segexport, "bench", "--model", "unet-small", "--runs", "1"], cwd=tmp_path)
+    assert bench.returncode == 2 and "Traceback" not in bench.stderr
+    assert bench.stderr.strip().endswith("pip install 'segexport[export]'"), bench.stderr
 
 
 @pytest.mark.slow
