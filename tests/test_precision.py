@@ -160,10 +160,19 @@ def test_quantize_is_deterministic(unet_demo: Path, tmp_path: Path) -> None:
     for run in range(2):
         artifact = tmp_path / f"run{run}"
         shutil.copytree(unet_demo, artifact)
-        quantize_artifact(
+        manifest = quantize_artifact(
             QuantizeRequest(
-                artifacts=artifact, fp16=False, int8_cpu=True, force=True, min_agreement=0.999, eval_images=4
+                artifacts=artifact,
+                fp16=False,
+                int8_cpu=True,
+                force=True,
+                min_agreement=0.999,
+                calib_size=8,
+                eval_images=2,
             )
+        )
+        assert any(manifest["precisions"][s]["layers_measured"] for s in ("int8", "int8-cpu")), (
+            "no fallback ran"
         )
         digests.append(
             {name: sha256_file(artifact / name) for name in ("model.int8.onnx", "model.int8-cpu.onnx")}
