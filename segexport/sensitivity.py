@@ -47,14 +47,13 @@ class Candidates:
         )
 
     def quantizing_only(self, layer: str) -> onnx.ModelProto:
-        others = [
-            n.name for n in self.quantized.graph.node if n.name != layer and not n.op_type.endswith("Linear")
-        ]
+        others = [n.name for n in self.quantized.graph.node if n.name != layer and n.op_type not in _QDQ]
         return precision.with_float_nodes(self.quantized, self.fp32, others)
 
 
 Progress = Callable[[str], None]
 CACHE_VERSION = 1
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass(frozen=True)

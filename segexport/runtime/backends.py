@@ -19,12 +19,7 @@ from typing import Any
 
 from segexport.errors import SegexportError, UnavailableError, first_line
 from segexport.runtime.artifacts import vouched_path
-from segexport.runtime.runners import (
-    TENSORRT_INT8_FILE,
-    OnnxRuntimeRunner,
-    Runner,
-    warn_if_int8_cpu_mismatch,
-)
+from segexport.runtime.runners import OnnxRuntimeRunner, Runner, emulates_qdq_here
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
@@ -86,9 +81,10 @@ def _provider_unavailable(provider: str) -> Callable[[], str | None]:
 def _open_ort_cpu(
     directory: Path, file_name: str, manifest: dict[str, Any], _device: int, threads: int | None
 ) -> Runner:
-    warn_if_int8_cpu_mismatch(manifest, file_name)
-    path = vouched_path(directory, file_name, manifest)
-    return OnnxRuntimeRunner(path, threads=threads, emulate_qdq=file_name == TENSORRT_INT8_FILE)
+    emulate = emulates_qdq_here(manifest, file_name)
+    return OnnxRuntimeRunner(
+        vouched_path(directory, file_name, manifest), threads=threads, emulate_qdq=emulate
+    )
 
 
 def _open_ort_cuda(

@@ -90,11 +90,13 @@ class OnnxRuntimeRunner:
 TENSORRT_INT8_FILE = "model.int8.onnx"
 
 
-def warn_if_int8_cpu_mismatch(manifest: dict[str, Any], file_name: str) -> None:
-    """One warning when an `int8-cpu` graph runs on a CPU whose INT8 arithmetic it was not made for."""
+def emulates_qdq_here(manifest: dict[str, Any], file_name: str) -> bool:
+    """Whether ONNX Runtime on this CPU runs the file's Q/DQ as written (TensorRT's graph); warns
+    first when an `int8-cpu` graph was made for another CPU's INT8 arithmetic."""
     problem = int8_cpu_mismatch(manifest, file_name)
     if problem is not None:
         warnings.warn(problem, RuntimeWarning, stacklevel=3)
+    return file_name == TENSORRT_INT8_FILE
 
 
 def open_runner(
@@ -108,13 +110,9 @@ def open_runner(
     suffix = Path(file_name).suffix
     if suffix == ".onnx":
         data = vouched_bytes(directory, file_name, manifest)
-        warn_if_int8_cpu_mismatch(manifest, file_name)
+        emulate = emulates_qdq_here(manifest, file_name)
         return OnnxRuntimeRunner(
-            data,
-            threads=threads,
-            manifest=manifest,
-            name=file_name,
-            emulate_qdq=file_name == TENSORRT_INT8_FILE,
+            data, threads=threads, manifest=manifest, name=file_name, emulate_qdq=emulate
         )
     if suffix == ".engine":
         from segexport.runtime.engine import open_engine_runner  # cuda-python/TensorRT: only when asked
