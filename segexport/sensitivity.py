@@ -31,6 +31,9 @@ from segexport.errors import SegexportError
 from segexport.localize import run_exposed
 
 Score = Callable[[onnx.ModelProto], float]  # agreement of a graph on the evaluation images
+Progress = Callable[[str], None]
+CACHE_VERSION = 1
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,6 @@ class Candidates:
     def quantizing_only(self, layer: str) -> onnx.ModelProto:
         others = [n.name for n in self.quantized.graph.node if n.name != layer and n.op_type not in _QDQ]
         return precision.with_float_nodes(self.quantized, self.fp32, others)
-
-
-Progress = Callable[[str], None]
-CACHE_VERSION = 1
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass(frozen=True)
