@@ -295,7 +295,7 @@ class Segmenter:
         """Segment a video: yields `(index, frame, mask)` in order while the next frames are
         decoded and pre-processed in a background thread. `drop_frames=True` (live
         sources) keeps only the newest waiting frame."""
-        return Stream(self, frames, batch, color, drop_frames, queue_size)
+        return Stream(self, frames, StreamOptions(batch, color, drop_frames, queue_size))
 
     def close(self) -> None:
         """Release the backend (GPU memory, CUDA streams); later calls raise."""
@@ -415,28 +415,31 @@ class _Failure:
         self.error = error
 
 
+@dataclass(frozen=True)
+class StreamOptions:
+    """How `Segmenter.stream` batches, reads colour and queues frames."""
+
+    batch: int
+    color: str | None
+    drop_frames: bool
+    queue_size: int
+
+
 class _Workers:
     """The stream's threads and queues. They never reference the `Stream` itself, so a
     consumer that breaks out of a loop and drops the stream lets it be collected, which
     stops them."""
 
-    def __init__(
-        self,
-        segmenter: Segmenter,
-        frames: Iterable[Any],
-        batch: int,
-        color: str | None,
-        drop_frames: bool,
-        queue_size: int,
-    ) -> None:
+    def __init__(self, segmenter: Segmenter, frames: Iterable[Any], options: StreamOptions) -> None:
         self.segmenter = segmenter
         self.frames = frames
-        self.batch = batch
-        self.color = color
-        self.drop = drop_frames
+        self.batch = options.batch
+        self.color = options.color
+        self.drop = options.drop_frames
+        depth = max(options.queue_size, options.batch)
         self.stopping = threading.Event()
-        self.prepared: queue.Queue[Any] = queue.Queue(maxsize=1 if drop_frames else max(queue_size, batch))
-        self.results: queue.Queue[Any] = queue.Queue(maxsize=max(queue_size, batch))
+        self.prepared: queue.Queue[Any] = queue.Queue(maxsize=1 if options.drop_frames else depth)
+        self.results: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.threads = [
             threading.Thread(target=self.read, name="segexport-stream-read", daemon=True),
             threading.Thread(target=self.infer, name="segexport-stream-infer", daemon=True),
@@ -532,22 +535,14 @@ class Stream:
     stops both threads and closes the frame source if it is a generator.
     """
 
-    def __init__(
-        self,
-        segmenter: Segmenter,
-        frames: Iterable[Any],
-        batch: int,
-        color: str | None,
-        drop_frames: bool,
-        queue_size: int,
-    ) -> None:
-        if batch < 1 or batch > segmenter.max_batch:
+    def __init__(self, segmenter: Segmenter, frames: Iterable[Any], options: StreamOptions) -> None:
+        if options.batch < 1 or options.batch > segmenter.max_batch:
             raise SegexportError(
-                f"stream batch must be 1..{segmenter.max_batch} for this artifact, not {batch}"
+                f"stream batch must be 1..{segmenter.max_batch} for this artifact, not {options.batch}"
             )
         self._segmenter = segmenter
         self._state = "running"  # running, finished (source exhausted) or closed
-        self._workers = _Workers(segmenter, frames, batch, color, drop_frames, queue_size)
+        self._workers = _Workers(segmenter, frames, options)
 
     def __iter__(self) -> Iterator[StreamItem]:
         return self
