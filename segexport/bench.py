@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segexport.compare import OutputComparison, default_tolerance, judge
+from segexport.compare import default_tolerance
 from segexport.data import LabelledImages, SyntheticScenes, open_dataset
 from segexport.errors import SegexportError, first_line
 from segexport.export import ExportRequest, export_onnx
@@ -550,32 +550,18 @@ def _evaluate(
     say(f"evaluating {len(runners)} row(s) on {len(evalset.feeds)} {request.data} images")
     for index, runner in runners.items():
         row = rows[index]
+        tolerance = None if row.file is None else default_tolerance(row.file)  # None: the reference
         try:
-            figures = measure(runner, evalset, threads)
+            figures = measure(runner, evalset, threads, tolerance)
         except Exception as error:  # e.g. an engine built for sizes below the evaluation size
             row.reason = f"accuracy not measured: {first_line(error)}"
             continue
         row.accuracy = {k: figures.get(k) for k in ("agreement", "miou", "rel_l2", "images")}
-        if row.file is None:
-            continue  # the reference itself
-        tolerance = default_tolerance(row.file)
-        reasons = judge(
-            OutputComparison(
-                runner.output_names[0],
-                [],
-                math.nan,
-                math.nan,
-                figures["rel_l2"],
-                figures["agreement"],
-                figures["nonfinite"],
-                True,
-                ids=math.isnan(figures["rel_l2"]),  # a mask head's class ids: agreement only
-            ),
-            tolerance,
-        )
+        if tolerance is None:
+            continue
         row.accuracy["tolerance"] = asdict(tolerance)
-        if reasons:
-            row.status, row.reason = "verify-failed", "; ".join(reasons)
+        if figures["reasons"]:
+            row.status, row.reason = "verify-failed", "; ".join(figures["reasons"])
     source = "the synthetic eval split" if request.data == "synthetic" else request.data
     return (
         f"on {len(evalset.feeds)} images of {source} at {'x'.join(map(str, data_size(manifest)))}; "

@@ -139,8 +139,11 @@ def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) ->
     return EvalSet([{"image": x} for x in inputs], labels, outputs, class_names)
 
 
-def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[str, Any]:
-    """Agreement, relative L2 and mIoU of an ONNX file (or any runner) against PyTorch FP32."""
+def measure(
+    path: Path | Runner, evalset: EvalSet, threads: int | None, tolerance: Tolerance | None = None
+) -> dict[str, Any]:
+    """Agreement, relative L2 and mIoU of an ONNX file (or any runner) against PyTorch FP32;
+    with a `tolerance`, also `reasons`: the comparator's verdict on why it misses it."""
     runner = OnnxRuntimeRunner(path, threads=threads) if isinstance(path, Path) else path
     name = runner.output_names[0]
     stats = OutputStats(name, labels=evalset.label_output)
@@ -150,7 +153,7 @@ def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[
         if name == MASK_OUTPUT:  # `--head mask`: class ids, against PyTorch's argmax
             expected = expected.argmax(axis=1).astype(actual.dtype)
         stats.add(expected, actual, truth)
-    figures = stats.result(Tolerance(max_rel_l2=math.inf))
+    figures = stats.result(tolerance or Tolerance(max_rel_l2=math.inf))
     result: dict[str, Any] = {
         "agreement": figures.agreement,
         "rel_l2": figures.rel_l2,
@@ -160,6 +163,8 @@ def measure(path: Path | Runner, evalset: EvalSet, threads: int | None) -> dict[
     if evalset.labels is not None:
         result["miou"] = figures.miou
         result["miou_pytorch_fp32"] = figures.miou_reference
+    if tolerance is not None:
+        result["reasons"] = figures.reasons
     return result
 
 
