@@ -52,6 +52,15 @@ def assert_qdq_well_formed(
     return len(pairs)
 
 
+def int8_conv_weights(model: onnx.ModelProto) -> list[np.ndarray]:
+    """The INT8 convolution weights of a Q/DQ graph (its 4-D INT8 initializers), as int32."""
+    return [
+        onnx.numpy_helper.to_array(init).astype(np.int32)
+        for init in model.graph.initializer
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4
+    ]
+
+
 def random_int8(artifact: Path) -> onnx.ModelProto:
     """INT8 of a random-weight artifact, calibrated on random inputs: structure only."""
     path = artifact / "model.onnx"

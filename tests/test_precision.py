@@ -16,7 +16,7 @@ from segexport.errors import SegexportError
 from segexport.export import ExportRequest, export_onnx
 from segexport.quantize import QuantizeRequest, calibration_batches, quantize_artifact
 from segexport.runtime.artifacts import sha256_file
-from tests.qdq_checks import assert_qdq_well_formed
+from tests.qdq_checks import assert_qdq_well_formed, int8_conv_weights
 
 DEMO_MODELS = ["segformer-b0", "unet-small", "deeplabv3plus-mobilenetv2"]
 
@@ -193,11 +193,7 @@ def test_int8_cpu_records_its_target_cpu(unet_demo: Path, tmp_path: Path, isa: s
     assert result["cpu_isa"]["target"] == isa and result["cpu_isa"]["detected_here"] == detect_cpu_isa()
     assert result["scheme"]["reduce_range"] == (isa == "avx2")
     graph = onnx.load(str(artifact / "model.int8-cpu.onnx"))
-    largest = max(
-        int(np.abs(onnx.numpy_helper.to_array(init).astype(np.int32)).max())
-        for init in graph.graph.initializer
-        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4
-    )
+    largest = max(int(np.abs(weights).max()) for weights in int8_conv_weights(graph))
     assert (largest <= 64) == (isa == "avx2"), largest
     with pytest.raises(SegexportError, match="--cpu-isa 'sse'"):
         quantize_artifact(QuantizeRequest(artifacts=artifact, int8_cpu=True, cpu_isa="sse", force=True))
