@@ -44,6 +44,7 @@ from segexport.runtime.artifacts import (
     write_json_atomic,
 )
 from segexport.runtime.cpu_isa import CPU_ISAS, ISA_MEANING, cpu_flags, detect_cpu_isa, resolve_cpu_isa
+from segexport.runtime.runners import TENSORRT_INT8_FILE
 from segexport.shapes import InputShape
 from segexport.zoo import get_spec
 
@@ -281,7 +282,10 @@ def _runner(model: onnx.ModelProto, name: str, threads: int | None) -> OnnxRunti
     """TensorRT's graph runs with TensorRT's arithmetic (emulated Q/DQ, the same on every CPU);
     the CPU graph with the fused kernels it will be deployed on."""
     return OnnxRuntimeRunner(
-        model.SerializeToString(), threads=threads, name=name, emulate_qdq=name == "int8"
+        model.SerializeToString(),
+        threads=threads,
+        name=name,
+        emulate_qdq=f"model.{name}.onnx" == TENSORRT_INT8_FILE,
     )
 
 
