@@ -37,14 +37,15 @@ import numpy as np
 import torch
 
 from segexport.compare import default_tolerance
-from segexport.data import LabelledImages, SyntheticScenes, open_dataset
+from segexport.data import EvaluationImages, SyntheticScenes, evaluation_images
 from segexport.errors import SegexportError, first_line
 from segexport.export import ExportRequest, export_onnx
-from segexport.quantize import EvalSet, QuantizeRequest, evaluation_set, measure, quantize_artifact
+from segexport.quantize import QuantizeRequest, evaluation_set, measure, quantize_artifact
 from segexport.reference import TorchRunner, data_size, reference_model
-from segexport.runtime import Runner, preprocess, resize
+from segexport.runtime import Runner, preprocess_for
 from segexport.runtime.artifacts import MANIFEST, read_manifest
-from segexport.runtime.backends import BACKENDS, Backend, engine_file_name
+from segexport.runtime.backends import BACKENDS, Backend
+from segexport.runtime.files import ENGINE_PRECISIONS, ONNX_FILES, engine_file
 from segexport.runtime.inputs import check_input_shapes
 from segexport.weights import resolve_weights
 from segexport.zoo import create_model, get_spec
@@ -54,11 +55,8 @@ Progress = Callable[[str], None]
 PYTORCH = "pytorch"
 FORMAT_FILES: dict[str, str | None] = {
     PYTORCH: None,
-    "onnx-fp32": "model.onnx",
-    "onnx-fp16": "model.fp16.onnx",
-    "onnx-int8": "model.int8.onnx",
-    "onnx-int8-cpu": "model.int8-cpu.onnx",
-    **{f"engine-{p}": engine_file_name(p) for p in ("fp32", "fp16", "int8")},
+    **{file.format_name: file.name for file in ONNX_FILES},
+    **{engine_file(p).format_name: engine_file(p).name for p in ENGINE_PRECISIONS},
 }
 # Short command-line names of the runtime's backend table entries.
 BACKEND_ALIASES = {
@@ -490,7 +488,7 @@ def timing_input(manifest: dict[str, Any], size: tuple[int, int], batch: int) ->
     """The same preprocessed synthetic frames for every row (seeded: identical across runs)."""
     prep = manifest["preprocessing"]
     images = np.stack([image for image, _ in SyntheticScenes("eval", batch, size)])
-    return preprocess(images, prep["mean"], prep["std"], prep["scale"])
+    return preprocess_for(prep, images)
 
 
 def _file_mb(path: Path) -> float | None:
@@ -532,7 +530,7 @@ def _evaluate(
     runners: dict[int, Runner],
     manifest: dict[str, Any],
     request: BenchRequest,
-    folder: LabelledImages | None,
+    folder: EvaluationImages | None,
     threads: int,
     trained: bool,
     say: Progress,
@@ -544,7 +542,8 @@ def _evaluate(
     if not runners:
         return "no row ran"
     try:
-        evalset = _evalset(manifest, folder, request.eval_images, threads)
+        data = None if folder is None else folder.source
+        evalset = evaluation_set(manifest, request.eval_images, threads, data)
     except SegexportError as error:
         return f"not measured: {first_line(error)}"
     say(f"evaluating {len(runners)} row(s) on {len(evalset.feeds)} {request.data} images")
@@ -569,38 +568,13 @@ def _evaluate(
     )
 
 
-def labelled_folder(data: str, manifest: dict[str, Any], count: int) -> LabelledImages | None:
-    """`--data DIR` opened and checked against the model's classes (None for synthetic)."""
+def labelled_folder(data: str, manifest: dict[str, Any], count: int) -> EvaluationImages | None:
+    """`--data DIR` opened and checked against the model's classes before any timing (None for
+    synthetic, which quantize's evaluation split serves)."""
     if data == "synthetic":
         return None
-    dataset = open_dataset(data, "eval", count, data_size(manifest))
-    if len(dataset.class_names) != manifest["model"]["num_classes"]:
-        raise SegexportError(
-            f"--data {data}: classes.txt names {len(dataset.class_names)} classes; "
-            f"the model has {manifest['model']['num_classes']}"
-        )
-    if len(dataset) == 0:
-        raise SegexportError(f"--data {data}: no images")
-    return dataset
-
-
-def _evalset(manifest: dict[str, Any], folder: LabelledImages | None, count: int, threads: int) -> EvalSet:
-    """quantize's evaluation split, or the first `count` images of a labelled folder."""
-    if folder is None:
-        return evaluation_set(manifest, count, threads)
-    size = data_size(manifest)
-    prep = manifest["preprocessing"]
-    spec = get_spec(manifest["model"]["name"])
-    reference = TorchRunner(reference_model(manifest), spec.output_names, threads)
-    feeds, labels = [], []
-    for index in range(min(count, len(folder))):
-        image, label = folder[index]
-        feeds.append(
-            {"image": preprocess(resize(image, size)[None], prep["mean"], prep["std"], prep["scale"])}
-        )
-        labels.append(resize(label, size, labels=True)[None])
-    outputs = [reference.infer(feed)[spec.output_names[0]] for feed in feeds]
-    return EvalSet(feeds, labels, outputs, tuple(folder.class_names))
+    classes = manifest["model"]["class_names"]
+    return evaluation_images(data, classes, count, data_size(manifest), need_labels=True)
 
 
 # --------------------------------------------------------------------------- timing

@@ -36,14 +36,14 @@ from segexport.runtime.engine import (
     require_tensorrt,
     tensorrt_unavailable_reason,
 )
+from segexport.runtime.files import ENGINE_PRECISIONS, FP32_ONNX, engine_file_name, onnx_file_name
 from segexport.shapes import InputShape
 from segexport.weights import has_demo_checkpoint
 from segexport.zoo import get_spec
 
 Progress = Callable[[str], None]
 
-PRECISIONS = ("fp32", "fp16", "int8")
-SOURCE_ONNX = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+PRECISIONS = ENGINE_PRECISIONS
 HARDWARE_COMPAT = ("same", "ampere+")
 EVAL_IMAGES = 16
 # Engine vs its own source ONNX on ONNX Runtime (same graph, same precision, seeded random
@@ -203,10 +203,6 @@ class BuildRequest:
     ignore_readiness: bool = False
 
 
-def engine_file(precision: str) -> str:
-    return f"model.{precision}.engine"
-
-
 def _default_weights(model: str) -> str | None:
     """The shipped demo checkpoint when there is one: FP16/INT8 must be judged on trained weights."""
     return "demo" if has_demo_checkpoint(get_spec(model).name) else None
@@ -222,12 +218,12 @@ def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, 
     if weights is None and request.model is not None:
         weights = _default_weights(request.model)
     directory = artifact_directory(request.artifacts, request.model, weights, say)
-    target = directory / engine_file(options.precision)
+    target = directory / engine_file_name(options.precision)
     manifest = read_manifest(directory)
     begin_stage(directory, manifest, [target.name], "the engine is written there")
     if target.name in manifest["files"] and not request.force:
         raise SegexportError(f"{target} already exists; pass --force to replace it")
-    source = "model.onnx" if options.legacy_fp16_flag else SOURCE_ONNX[options.precision]
+    source = FP32_ONNX if options.legacy_fp16_flag else onnx_file_name(options.precision)
     if source not in manifest["files"]:
         say(f"no {source} in {directory}: running the {options.precision.upper()} stage first")
         quantize_artifact(
@@ -293,7 +289,7 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     check_readiness(directory, manifest, source, trt.__version__, request.ignore_readiness, say)
     profile = derive_profile(manifest, options)
     gpu = current_gpu()
-    say(f"building {engine_file(options.precision)} with TensorRT {trt.__version__} on {gpu.name}")
+    say(f"building {engine_file_name(options.precision)} with TensorRT {trt.__version__} on {gpu.name}")
     started = time.perf_counter()
     plan = build_engine(directory / source, profile, options, say)
     record = engine_build_record(options, profile, trt.__version__, gpu, source)
@@ -302,10 +298,10 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     record["verification"] = report.to_dict()
     if not report.passed:
         raise VerificationError(
-            f"{engine_file(options.precision)} fails its parity check; no engine written. "
+            f"{engine_file_name(options.precision)} fails its parity check; no engine written. "
             + " | ".join(report.failures()[:3])
         )
-    return record_engine(directory, manifest, engine_file(options.precision), plan, record)
+    return record_engine(directory, manifest, engine_file_name(options.precision), plan, record)
 
 
 def record_engine(
@@ -398,7 +394,7 @@ def check_engine(
     """Run the freshly built engine against its source ONNX and against PyTorch."""
     from segexport.quantize import evaluation_set, measure
 
-    engine = TensorRTRunner(plan, record, name=f"tensorrt:{engine_file(record['precision'])}")
+    engine = TensorRTRunner(plan, record, name=f"tensorrt:{engine_file_name(record['precision'])}")
     try:
         say("checking the engine against ONNX Runtime on its source ONNX")
         vs_onnx = verify_runners(

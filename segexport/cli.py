@@ -602,7 +602,8 @@ def trt(
     as_json: bool,
 ) -> None:
     """Build a TensorRT engine (10.x or 11.x) from the verified precision ONNX, then check it."""
-    from segexport.build import BuildOptions, BuildRequest, build_artifact, choose_precision, engine_file
+    from segexport.build import BuildOptions, BuildRequest, build_artifact, choose_precision
+    from segexport.runtime.files import engine_file_name
 
     ctx.meta["json"] = as_json
     options = BuildOptions(
@@ -624,7 +625,7 @@ def trt(
         model_name = "segformer-b0"
     request = BuildRequest(options, artifacts, model_name, weights, force, threads, ignore_readiness)
     manifest = build_artifact(request, progress=_progress)
-    name = engine_file(options.precision)
+    name = engine_file_name(options.precision)
     record = manifest["engines"][name]
     if as_json:
         click.echo(json.dumps({"ok": True, "engine": name, **record}, indent=2))

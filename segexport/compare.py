@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from segexport.metrics import confusion_matrix, iou_report
+from segexport.runtime.files import judged_precision
 
 
 @dataclass(frozen=True)
@@ -312,21 +313,10 @@ def compare_arrays(
     return stats.result(tolerance)
 
 
-def artifact_precision(file_name: str) -> str | None:
-    """fp32/fp16/int8 for ONNX files (by their `model.<precision>.onnx` tag), engine, or None."""
-    path = Path(file_name)
-    if path.suffix == ".engine":
-        return "engine"
-    if path.suffix != ".onnx":
-        return None
-    tags = path.name.split(".")[1:-1]  # model.int8.onnx, model.int8-cpu.onnx (a variant of int8)
-    return next((p for p in ("fp16", "int8") if any(t.split("-")[0] == p for t in tags)), "fp32")
-
-
 def default_tolerance(file_name: str) -> Tolerance:
     """DEFAULT_TOLERANCES for the file's precision; engines take the precision their name
     names (`model.int8.engine`), else FP16's."""
-    precision = artifact_precision(file_name) or "fp32"
+    precision = judged_precision(file_name) or "fp32"
     if precision == "engine":
         tags = set(Path(file_name).name.split(".")[1:-1])
         precision = next((p for p in ("fp32", "fp16", "int8") if p in tags), "fp16")

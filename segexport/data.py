@@ -8,16 +8,16 @@ the runtime side can use it without torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from segexport.errors import SegexportError
 from segexport.runtime.media import list_images
-from segexport.runtime.preprocessing import open_image, read_rgb, resize
+from segexport.runtime.preprocessing import open_image, preprocess_for, read_rgb, resize
 
 IGNORE_INDEX = 255
 SYNTHETIC_CLASSES = ("background", "stripes", "checkers", "dots", "noise", "gradient", "rings")
@@ -252,3 +252,92 @@ def open_dataset(data: str, split: str, length: int, size: tuple[int, int]) -> L
         raise SegexportError(f"{root}: needs classes.txt (one class name per line) beside images/ and masks/")
     names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
     return FolderDataset.from_dirs(root / "images", root / "masks", names)
+
+
+# --------------------------------------------------------------------------- evaluation data
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    first: int  # index of the batch's first image
+    inputs: np.ndarray  # [B, 3, H, W] float32, preprocessed as the artifact records
+    truth: np.ndarray | None  # [B, H, W] labels, when the data has them
+
+
+@dataclass(frozen=True)
+class EvaluationImages:
+    """The images quantize, verify and bench judge an artifact on, at the model's size.
+
+    One reader for every stage, so they all see the same pictures: the synthetic eval split,
+    a labelled folder (its classes checked against the model once, here), a folder of images
+    without labels, or seeded random inputs.
+    """
+
+    source: str
+    size: tuple[int, int]
+    count: int
+    labelled: bool
+    note: str | None = None
+    items: Any = None  # index -> RGB uint8, or (RGB, labels) when labelled; None for random
+
+    def batches(self, batch_size: int, preprocessing: Mapping[str, Any]) -> Iterator[EvalBatch]:
+        """Preprocessed inputs (and labels) in batches; random inputs are seeded."""
+        rng = np.random.default_rng(0)
+        for first in range(0, self.count, batch_size):
+            indices = range(first, min(first + batch_size, self.count))
+            if self.items is None:
+                shape = (len(indices), 3, *self.size)
+                yield EvalBatch(first, rng.normal(size=shape).astype(np.float32), None)
+                continue
+            items = [self.items[i] for i in indices]
+            pictures = [item[0] if isinstance(item, tuple) else item for item in items]
+            rgb = np.stack([resize(picture, self.size) for picture in pictures])
+            truth = None
+            if self.labelled:
+                truth = np.stack([resize(item[1], self.size, labels=True) for item in items])
+            yield EvalBatch(first, preprocess_for(preprocessing, rgb), truth)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "images": self.count,
+            "size": list(self.size),
+            "labels": self.labelled,
+            "note": self.note,
+        }
+
+
+def evaluation_images(
+    data: str, class_names: Sequence[str], count: int, size: tuple[int, int], *, need_labels: bool = False
+) -> EvaluationImages:
+    """`synthetic`, `random`, a labelled folder (images/, masks/, classes.txt) or a folder of
+    images; `need_labels` refuses what has no ground truth (bench scores mIoU)."""
+    classes = tuple(class_names)
+    if data == "random":
+        found = EvaluationImages(data, size, count, False)
+    elif data == "synthetic":
+        labelled = classes == SYNTHETIC_CLASSES
+        note = None if labelled else "no ground truth: the model's classes are not the synthetic scenes'"
+        found = EvaluationImages(data, size, count, labelled, note, SyntheticScenes("eval", count, size))
+    else:
+        root = Path(data)
+        if (root / "masks").is_dir() or (root / "classes.txt").is_file():
+            dataset = open_dataset(data, "eval", count, size)
+            if len(dataset.class_names) != len(classes):
+                names = len(dataset.class_names)
+                raise SegexportError(
+                    f"{root}: classes.txt names {names} classes; the model has {len(classes)}"
+                )
+            found = EvaluationImages(data, size, min(count, len(dataset)), True, None, dataset)
+        elif root.is_dir():
+            images = ImageFolder.from_dir(root / "images" if (root / "images").is_dir() else root)
+            note = "no ground truth: the folder has images only"
+            found = EvaluationImages(data, size, min(count, len(images)), False, note, images)
+        else:
+            raise SegexportError(f"--data {data!r} is neither synthetic, random nor a directory")
+    if need_labels and not found.labelled:
+        why = found.note or "no ground truth"
+        raise SegexportError(f"--data {data}: {why} (a labelled folder has images/, masks/ and classes.txt)")
+    if found.count == 0:
+        raise SegexportError(f"--data {data}: no images")
+    return found

@@ -27,11 +27,11 @@ import torch
 
 from segexport import precision, readiness, sensitivity
 from segexport.compare import OutputStats, Tolerance
-from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes
+from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, evaluation_images
 from segexport.errors import SegexportError
 from segexport.export import MASK_OUTPUT, artifact_directory
 from segexport.reference import TorchRunner, data_size, reference_model
-from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess, resize
+from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess_for, resize
 from segexport.runtime.artifacts import (
     MANIFEST,
     atomic_write,
@@ -44,7 +44,7 @@ from segexport.runtime.artifacts import (
     write_json_atomic,
 )
 from segexport.runtime.cpu_isa import CPU_ISAS, ISA_MEANING, cpu_flags, detect_cpu_isa, resolve_cpu_isa
-from segexport.runtime.runners import TENSORRT_INT8_FILE
+from segexport.runtime.files import FP32_ONNX, emulates_tensorrt_qdq, onnx_file_name
 from segexport.shapes import InputShape
 from segexport.zoo import get_spec
 
@@ -52,7 +52,8 @@ Progress = Callable[[str], None]
 RECOMMENDED_CALIBRATION_IMAGES = 32
 CALIBRATION_FILE = "calib.json"
 METHODS = ("minmax", "entropy", "percentile")
-_OUTPUTS = {"model.fp16.onnx": "fp16", "model.int8.onnx": "int8", "model.int8-cpu.onnx": "int8_cpu"}
+# Each written file, by the request flag that asks for it.
+_OUTPUTS = {onnx_file_name(variant): variant.replace("-", "_") for variant in ("fp16", "int8", "int8-cpu")}
 
 
 @dataclass
@@ -107,11 +108,14 @@ def calibration_batches(
         progress(
             f"warning: only {len(images)} calibration images ({RECOMMENDED_CALIBRATION_IMAGES}+ recommended)"
         )
-    return [{"image": preprocess(image, prep["mean"], prep["std"], prep["scale"])} for image in images]
+    return [{"image": preprocess_for(prep, image)} for image in images]
 
 
-def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) -> EvalSet:
-    """The synthetic eval split when the model was trained on it; random inputs otherwise."""
+def evaluation_set(
+    manifest: dict[str, Any], count: int, threads: int | None, data: str | None = None
+) -> EvalSet:
+    """PyTorch's answers on the evaluation images: `data` (a labelled folder, or synthetic),
+    by default the synthetic eval split when the model was trained on it, else random inputs."""
     spec = get_spec(manifest["model"]["name"])
     class_names = tuple(manifest["model"]["class_names"])
     reference = TorchRunner(reference_model(manifest), spec.output_names, threads)
@@ -123,21 +127,14 @@ def evaluation_set(manifest: dict[str, Any], count: int, threads: int | None) ->
         ]
         outputs = [reference.infer(feed)[spec.output_names[0]] for feed in feeds]
         return EvalSet(feeds, None, outputs, class_names, spec.output_names[0] in spec.logits_outputs)
-    size = data_size(manifest)
-    prep = manifest["preprocessing"]
-    inputs: list[np.ndarray] = []
-    labels: list[np.ndarray] | None = []
-    if class_names == SYNTHETIC_CLASSES:
-        assert labels is not None
-        for image, label in SyntheticScenes("eval", count, size):
-            inputs.append(preprocess(image, prep["mean"], prep["std"], prep["scale"]))
-            labels.append(label[None])
-    else:
-        labels = None
-        generator = np.random.default_rng(0)
-        inputs = [generator.normal(size=(1, 3, *size)).astype(np.float32) for _ in range(count)]
-    outputs = [reference.infer({"image": x})[spec.output_names[0]] for x in inputs]
-    return EvalSet([{"image": x} for x in inputs], labels, outputs, class_names)
+    if data is None:
+        data = "synthetic" if class_names == SYNTHETIC_CLASSES else "random"
+    images = evaluation_images(data, class_names, count, data_size(manifest), need_labels=data != "random")
+    batches = list(images.batches(1, manifest["preprocessing"]))
+    inputs = [{"image": batch.inputs} for batch in batches]
+    labels = [batch.truth for batch in batches if batch.truth is not None]
+    outputs = [reference.infer(feed)[spec.output_names[0]] for feed in inputs]
+    return EvalSet(inputs, labels if images.labelled else None, outputs, class_names)
 
 
 def measure(
@@ -181,7 +178,7 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     wanted = [name for name, flag in _OUTPUTS.items() if getattr(request, flag)]
     writes = [*wanted, *([CALIBRATION_FILE] if request.int8 or request.int8_cpu else [])]
     begin_stage(directory, manifest, writes, "quantize writes its models there")
-    fp32_bytes = vouched_bytes(directory, "model.onnx", manifest)
+    fp32_bytes = vouched_bytes(directory, FP32_ONNX, manifest)
     spec = get_spec(manifest["model"]["name"])
     if spec.input_kind != "image" and (request.int8 or request.int8_cpu):
         raise SegexportError(
@@ -198,7 +195,7 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     results: dict[str, Any] = manifest.get("precisions", {})
     with tempfile.TemporaryDirectory(prefix="segexport-quantize-") as scratch:
         workdir = Path(scratch)
-        fp32_path = workdir / "model.onnx"  # the vouched bytes, so later reads see what was checked
+        fp32_path = workdir / FP32_ONNX  # the vouched bytes, so later reads see what was checked
         fp32_path.write_bytes(fp32_bytes)
         say(f"evaluating PyTorch FP32 on {request.eval_images} held-out images")
         evalset = evaluation_set(manifest, request.eval_images, request.threads)
@@ -206,9 +203,9 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
         if request.fp16:
             say("converting to FP16 (normalisation and softmax kept in FP32)")
             started = time.perf_counter()
-            onnx.save(precision.to_fp16(fp32), str(workdir / "model.fp16.onnx"))
+            onnx.save(precision.to_fp16(fp32), str(workdir / onnx_file_name("fp16")))
             results["fp16"] = {
-                **measure(workdir / "model.fp16.onnx", evalset, request.threads),
+                **measure(workdir / onnx_file_name("fp16"), evalset, request.threads),
                 "kept_fp32_ops": list(precision.FP32_OPS),
                 "seconds": round(time.perf_counter() - started, 2),
             }
@@ -285,7 +282,7 @@ def _runner(model: onnx.ModelProto, name: str, threads: int | None) -> OnnxRunti
         model.SerializeToString(),
         threads=threads,
         name=name,
-        emulate_qdq=f"model.{name}.onnx" == TENSORRT_INT8_FILE,
+        emulate_qdq=emulates_tensorrt_qdq(onnx_file_name(name)),
     )
 
 
@@ -338,7 +335,7 @@ def _int8(
             if measured["agreement"] >= request.min_agreement or not more:
                 break
             kept.append(more.pop(0))
-    onnx.save(int8, str(workdir / f"model.{name}.onnx"))
+    onnx.save(int8, str(workdir / onnx_file_name(name)))
     chosen = {s.node: s for s in sensitivities if s.node in kept}
     total_cost = sum(s.cost for s in sensitivities) or 1
     result = {

@@ -22,12 +22,13 @@ from onnx import TensorProto, numpy_helper
 
 from segexport.errors import SegexportError
 from segexport.runtime.artifacts import read_manifest, vouched_path
+from segexport.runtime.files import CPU_INT8_ONNX, ONNX_FILES
 from segexport.trt_rules import RELEASES, TARGETS
 
 SEVERITIES = ("error", "slow", "uncertain")
-CHECKED_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
+CHECKED_FILES = tuple(file.name for file in ONNX_FILES if file.for_tensorrt)
 SKIPPED_FILES = {
-    "model.int8-cpu.onnx": "declared not for TensorRT: asymmetric UINT8 Q/DQ for ONNX Runtime on x86 CPUs",
+    CPU_INT8_ONNX: "declared not for TensorRT: asymmetric UINT8 Q/DQ for ONNX Runtime on x86 CPUs",
 }
 # TensorRT's placement guidance for explicit quantization (developer guide, "Explicit
 # Quantization" > "Q/DQ Layer-Placement Recommendations"): quantize all inputs of weighted

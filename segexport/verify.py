@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,19 +20,19 @@ import onnx
 
 from segexport.compare import (
     OutputStats,
-    artifact_precision,
     default_tolerance,
     predicted_labels,
 )
-from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, open_dataset
+from segexport.data import EvalBatch, EvaluationImages, evaluation_images
 from segexport.errors import SegexportError, first_line
 from segexport.export import artifact_directory, retrace
 from segexport.localize import Localization, localize, module_scopes
 from segexport.reference import TorchRunner, data_size, reference_model, verify_runners
 from segexport.report import ArtifactResult, ParityReport, WorstImage, write_reports
-from segexport.runtime import Runner, open_runner, preprocess, resize
+from segexport.runtime import Runner, open_runner
 from segexport.runtime.artifacts import check_writable_directory, read_manifest, vouched_bytes, vouched_path
 from segexport.runtime.engine import tensorrt_unavailable_reason
+from segexport.runtime.files import FP32_ONNX, judged_precision
 from segexport.shapes import DynamicRange, InputShape
 from segexport.zoo.registry import ModelSpec, get_spec
 
@@ -65,13 +65,6 @@ class VerifyRequest:
     threads: int | None = None
 
 
-@dataclass
-class _Batch:
-    first: int
-    inputs: np.ndarray  # [B, 3, H, W] float32
-    truth: np.ndarray | None  # [B, H, W] labels
-
-
 def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | None = None) -> ParityReport:
     """Check every selected artifact against the reference on real data; write the reports.
 
@@ -91,15 +84,16 @@ def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | N
     for result in selected:  # checksums first: nothing runs unless every file is vouched for
         vouched_path(directory, result.file, manifest)
     if request.against == "onnx":
-        vouched_path(directory, "model.onnx", manifest)
+        vouched_path(directory, FP32_ONNX, manifest)
     shapes = _check_shapes(request.shapes or [], manifest, spec)
     report_path = request.report or directory / REPORT_NAME
     check_writable_directory(report_path.parent, "verify writes its reports there")
     reference = _reference_runner(request, directory, manifest, spec.output_names)
     say(f"reference: {reference.name}")
     runners = _open_candidates(selected, directory, manifest, request)
-    data = _DataSource(request, manifest, data_size(manifest))
-    _run_data(data, reference, runners, selected, spec.logits_outputs, say)
+    classes = manifest["model"]["class_names"]
+    data = evaluation_images(request.data, classes, request.limit, data_size(manifest))
+    _run_data(data, manifest, reference, runners, selected, spec.logits_outputs, say)
     for result in selected:
         if result.file not in runners:
             continue
@@ -144,12 +138,12 @@ def _select(
     """The manifest's model files of the wanted precision, and unlisted model files (refused)."""
     wanted = request.precision
     listed = sorted(
-        (name for name in manifest["files"] if artifact_precision(name)),
-        key=lambda name: (PRECISIONS.index(str(artifact_precision(name))), name),
+        (name for name in manifest["files"] if judged_precision(name)),
+        key=lambda name: (PRECISIONS.index(str(judged_precision(name))), name),
     )
     selected = []
     for name in listed:
-        precision = artifact_precision(name)
+        precision = judged_precision(name)
         assert precision is not None
         if wanted not in ("all", precision):
             continue
@@ -164,11 +158,11 @@ def _select(
     unlisted = sorted(
         path.name
         for path in directory.iterdir()
-        if path.is_file() and artifact_precision(path.name) and path.name not in manifest["files"]
+        if path.is_file() and judged_precision(path.name) and path.name not in manifest["files"]
     )
     skipped = [
         ArtifactResult(
-            name, str(artifact_precision(name)), "skipped", reason="not listed in manifest.json; refused"
+            name, str(judged_precision(name)), "skipped", reason="not listed in manifest.json; refused"
         )
         for name in unlisted
     ]
@@ -199,7 +193,7 @@ def _reference_runner(
     request: VerifyRequest, directory: Path, manifest: dict[str, Any], output_names: Sequence[str]
 ) -> Runner:
     if request.against == "onnx":
-        return open_runner(directory, "model.onnx", manifest, request.threads)
+        return open_runner(directory, FP32_ONNX, manifest, request.threads)
     return TorchRunner(reference_model(manifest, request.weights), output_names, request.threads)
 
 
@@ -210,7 +204,7 @@ def _open_candidates(
     for result in selected:
         if result.status == "skipped":
             continue
-        if request.against == "onnx" and result.file == "model.onnx":
+        if request.against == "onnx" and result.file == FP32_ONNX:
             result.status, result.reason = "skipped", "the reference itself (--against onnx)"
             continue
         runners[result.file] = open_runner(directory, result.file, manifest, request.threads)
@@ -218,70 +212,9 @@ def _open_candidates(
     return runners
 
 
-class _DataSource:
-    """Preprocessed images in batches, with ground truth when the data has it."""
-
-    def __init__(self, request: VerifyRequest, manifest: dict[str, Any], size: tuple[int, int]) -> None:
-        self.source, self.size = request.data, size
-        self.prep = manifest["preprocessing"]
-        self.max_batch = int(manifest["dynamic_axes"]["batch"][1])
-        classes = list(manifest["model"]["class_names"])
-        self.note: str | None = None
-        self.images: Any = None  # index -> RGB uint8, or (RGB, labels) when labelled
-        self.labelled = False
-        if request.data == "random":
-            self.count = request.limit
-            return
-        root = Path(request.data)
-        if request.data == "synthetic":
-            self.images = SyntheticScenes("eval", request.limit, size)
-            self.labelled = classes == list(SYNTHETIC_CLASSES)
-            if not self.labelled:
-                self.note = "no ground truth: the model's classes are not the synthetic scenes'"
-        elif (root / "masks").is_dir() or (root / "classes.txt").is_file():
-            self.images = open_dataset(request.data, "eval", request.limit, size)
-            if len(self.images.class_names) != len(classes):
-                raise SegexportError(
-                    f"{root}: classes.txt names {len(self.images.class_names)} classes; "
-                    f"the model has {len(classes)}"
-                )
-            self.labelled = True
-        elif root.is_dir():
-            self.images = ImageFolder.from_dir(root / "images" if (root / "images").is_dir() else root)
-            self.note = "no ground truth: the folder has images only"
-        else:
-            raise SegexportError(f"--data {request.data!r} is neither synthetic, random nor a directory")
-        self.count = min(request.limit, len(self.images))
-
-    def batches(self, batch_size: int) -> Iterator[_Batch]:
-        rng = np.random.default_rng(0)
-        for first in range(0, self.count, batch_size):
-            indices = range(first, min(first + batch_size, self.count))
-            if self.images is None:
-                shape = (len(indices), 3, *self.size)
-                yield _Batch(first, rng.normal(size=shape).astype(np.float32), None)
-                continue
-            items = [self.images[i] for i in indices]
-            pictures = [item[0] if isinstance(item, tuple) else item for item in items]
-            rgb = np.stack([resize(picture, self.size) for picture in pictures])
-            truth = None
-            if self.labelled:
-                truth = np.stack([resize(item[1], self.size, labels=True) for item in items])
-            inputs = preprocess(rgb, self.prep["mean"], self.prep["std"], self.prep["scale"])
-            yield _Batch(first, inputs, truth)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "images": self.count,
-            "size": list(self.size),
-            "labels": self.labelled,
-            "note": self.note,
-        }
-
-
 def _run_data(
-    data: _DataSource,
+    data: EvaluationImages,
+    manifest: dict[str, Any],
     reference: Runner,
     runners: dict[str, Runner],
     selected: list[ArtifactResult],
@@ -296,7 +229,8 @@ def _run_data(
     height, width = data.size
     say(f"checking {len(active)} artifact(s) on {data.count} {data.source} images at {height}x{width}")
     done = 0
-    for batch in data.batches(_batch_size(data, reference)):
+    max_batch = int(manifest["dynamic_axes"]["batch"][1])
+    for batch in data.batches(_batch_size(data, reference, max_batch), manifest["preprocessing"]):
         feeds = {"image": batch.inputs}
         expected = reference.infer(feeds)
         for result in active:
@@ -322,15 +256,15 @@ def _run_data(
             result.outputs = [output.result(result.tolerance) for output in stats[result.file]]
 
 
-def _batch_size(data: _DataSource, reference: Runner) -> int:
+def _batch_size(data: EvaluationImages, reference: Runner, max_batch: int) -> int:
     """Images per run: 8, fewer when one image's outputs are large or the artifact's batch is."""
     probe = reference.infer({"image": np.zeros((1, 3, *data.size), dtype=np.float32)})
     values = max(sum(int(v.size) for v in probe.values()), 1)
-    return max(1, min(8, data.max_batch, _BATCH_VALUES // values))
+    return max(1, min(8, max_batch, _BATCH_VALUES // values))
 
 
 def _track_worst(
-    result: ArtifactResult, batch: _Batch, agreement: np.ndarray, expected: np.ndarray, actual: np.ndarray
+    result: ArtifactResult, batch: EvalBatch, agreement: np.ndarray, expected: np.ndarray, actual: np.ndarray
 ) -> None:
     index = int(np.argmin(agreement))
     if result.worst is not None and result.worst.agreement <= agreement[index]:
@@ -361,7 +295,7 @@ def _localize(
     directory: Path,
     manifest: dict[str, Any],
     reference: Runner,
-    data: _DataSource,
+    data: EvaluationImages,
     say: Callable[[str], None],
 ) -> Localization | None:
     """Name the first node where a failing ONNX artifact's error jumps (None for engines)."""
@@ -370,7 +304,7 @@ def _localize(
         return None
     feeds = [{"image": result.worst.image}]  # a few images suffice: the worst, and the first
     if result.worst.index != 0:
-        feeds.append({"image": next(data.batches(1)).inputs})
+        feeds.append({"image": next(data.batches(1, manifest["preprocessing"])).inputs})
     scopes = None
     try:
         if result.precision == "fp32":
@@ -381,8 +315,8 @@ def _localize(
             scopes, label = module_scopes(raw), "a fresh FP32 export of the PyTorch model"
         else:
             say(f"{result.file}: localising against model.onnx (FP32)")
-            label = "model.onnx (FP32)"
-            graph = onnx.load_from_string(vouched_bytes(directory, "model.onnx", manifest))
+            label = f"{FP32_ONNX} (FP32)"
+            graph = onnx.load_from_string(vouched_bytes(directory, FP32_ONNX, manifest))
         candidate = onnx.load_from_string(vouched_bytes(directory, result.file, manifest))
         with tempfile.TemporaryDirectory(prefix="segexport-localize-") as workdir:
             return localize(

@@ -29,10 +29,11 @@ from segexport.bench import (
     run_bench,
 )
 from segexport.bench_report import format_report, write_plot
-from segexport.build import BuildOptions, BuildRequest, build_artifact, engine_file
+from segexport.build import BuildOptions, BuildRequest, build_artifact
 from segexport.cli import main
 from segexport.report import json_safe
 from segexport.runtime import OnnxRuntimeRunner
+from segexport.runtime.files import engine_file_name
 from tests.emulator import install
 from tests.test_cli import assert_one_line_error, run
 
@@ -159,7 +160,7 @@ def test_engine_rows_on_the_emulator_split_enqueue_from_latency(
     request = quick(artifacts=artifact, formats="engine-fp32", backends="tensorrt")
     request.scenario, request.batches = "offline", [1, 2]  # the engine takes batch 1 only
     (row,) = run_bench(request).rows
-    assert row.file == engine_file("fp32") and row.status == "ok", row.reason
+    assert row.file == engine_file_name("fp32") and row.status == "ok", row.reason
     assert set(row.batches) == {1} and row.batch == 1
     assert "batch 2 failed" in str(row.reason) and "outside the range the engine was built for" in str(
         row.reason

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segexport.build import ENGINE_TOLERANCE, BuildOptions, BuildRequest, build_artifact, engine_file
+from segexport.build import ENGINE_TOLERANCE, BuildOptions, BuildRequest, build_artifact
 from segexport.compare import DEFAULT_TOLERANCES
 from segexport.doctor import cuda_report
 from segexport.errors import SegexportError
 from segexport.export import ExportRequest, export_onnx
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.engine import open_engine_runner, tensorrt_unavailable_reason
+from segexport.runtime.files import engine_file_name
 
 
 def _missing() -> str | None:
@@ -62,7 +63,7 @@ def test_engine_builds_runs_and_matches_onnx_runtime(
     cache = tmp_path / "timing.cache"
     options = BuildOptions(precision=precision, max_size=(192, 256), max_batch=2, timing_cache=cache)
     manifest = build_artifact(BuildRequest(options, artifacts=small_demo, force=True))
-    name = engine_file(precision)
+    name = engine_file_name(precision)
     record = manifest["engines"][name]
     assert record["verification"]["passed"] is True
     vs_pytorch = record["verification"]["vs_pytorch"]  # demo weights, 128x128 data inside the profile

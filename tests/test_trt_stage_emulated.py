@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segexport.build import BuildOptions, BuildRequest, build_artifact, engine_file
+from segexport.build import BuildOptions, BuildRequest, build_artifact
 from segexport.errors import SegexportError
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.engine import open_engine_runner
+from segexport.runtime.files import engine_file_name
 from tests.emulator import install
 
 
@@ -31,7 +32,7 @@ def test_trt_stage_builds_checks_records_and_reopens_an_engine(
     options = BuildOptions(precision="fp32", max_size=(96, 128), max_batch=2, timing_cache=cache)
     messages: list[str] = []
     manifest = build_artifact(BuildRequest(options, artifacts=artifact, force=True), progress=messages.append)
-    name = engine_file("fp32")
+    name = engine_file_name("fp32")
     record = manifest["engines"][name]
     assert record["tensorrt"] == "10.3.0"
     assert record["gpu"] == {"name": "Emulated GPU", "compute_capability": "8.7"}
@@ -57,4 +58,4 @@ def test_engine_of_another_tensorrt_release_is_refused(
         manifest = build_artifact(BuildRequest(options, artifacts=artifact, force=True))
     install(monkeypatch, tensorrt_version="10.16.1.11")
     with pytest.raises(SegexportError, match=r"built with TensorRT 10\.3\.0, this machine has 10\.16\.1\.11"):
-        open_engine_runner(artifact, engine_file("fp32"), manifest)
+        open_engine_runner(artifact, engine_file_name("fp32"), manifest)

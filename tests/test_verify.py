@@ -16,13 +16,13 @@ from segexport.compare import (
     DEFAULT_TOLERANCES,
     OutputStats,
     Tolerance,
-    artifact_precision,
     compare_arrays,
     default_tolerance,
     label_agreement,
 )
 from segexport.reference import TorchRunner, verify_runners
 from segexport.runtime import OnnxRuntimeRunner
+from segexport.runtime.files import judged_precision
 from segexport.shapes import InputShape
 from segexport.zoo.registry import ModelSpec
 
@@ -200,8 +200,8 @@ def test_default_tolerances_by_file_name() -> None:
     assert default_tolerance("model.int8.onnx") == DEFAULT_TOLERANCES["int8"]
     assert default_tolerance("model.int8.engine") == DEFAULT_TOLERANCES["int8"]
     assert default_tolerance("model.engine") == DEFAULT_TOLERANCES["fp16"]
-    assert artifact_precision("model.int8-cpu.onnx") == "int8"  # the CPU variant is judged as INT8
-    assert [artifact_precision(n) for n in ("model.onnx", "model.fp16.onnx", "x.engine", "calib.json")] == [
+    assert judged_precision("model.int8-cpu.onnx") == "int8"  # the CPU variant is judged as INT8
+    assert [judged_precision(n) for n in ("model.onnx", "model.fp16.onnx", "x.engine", "calib.json")] == [
         "fp32",
         "fp16",
         "engine",

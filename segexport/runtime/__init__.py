@@ -7,7 +7,7 @@ without the `export` extra runs masks. `tests/test_layout.py` keeps it that way.
 
 from segexport.runtime.geometry import logits_to_mask, resize_logits
 from segexport.runtime.media import colorize, overlay
-from segexport.runtime.preprocessing import preprocess, read_rgb, resize
+from segexport.runtime.preprocessing import preprocess, preprocess_for, read_rgb, resize
 from segexport.runtime.runners import OnnxRuntimeRunner, Runner, open_artifact, open_runner
 from segexport.runtime.segmenter import TTA, Mask, Segmenter
 
@@ -23,6 +23,7 @@ __all__ = [
     "open_runner",
     "overlay",
     "preprocess",
+    "preprocess_for",
     "read_rgb",
     "resize",
     "resize_logits",

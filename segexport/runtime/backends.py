@@ -19,18 +19,10 @@ from typing import Any
 
 from segexport.errors import SegexportError, UnavailableError, first_line
 from segexport.runtime.artifacts import vouched_path
-from segexport.runtime.runners import OnnxRuntimeRunner, Runner, emulates_qdq_here
+from segexport.runtime.files import ENGINE_PRECISIONS, cpu_onnx_file_name, engine_file_name, onnx_file_name
+from segexport.runtime.runners import Runner, open_onnx_runner
 
-PRECISIONS = ("fp32", "fp16", "int8")
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-# On the CPU, INT8 means the graph quantized for ONNX Runtime's x86 kernels; model.int8.onnx
-# (TensorRT's) would run there only through its Q/DQ emulation, slower than FP32.
-CPU_ONNX_FILES = {**ONNX_FILES, "int8": "model.int8-cpu.onnx"}
-
-
-def engine_file_name(precision: str) -> str:
-    """The name `segexport trt` gives an engine of that precision."""
-    return f"model.{precision}.engine"
+PRECISIONS = ENGINE_PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -81,10 +73,7 @@ def _provider_unavailable(provider: str) -> Callable[[], str | None]:
 def _open_ort_cpu(
     directory: Path, file_name: str, manifest: dict[str, Any], _device: int, threads: int | None
 ) -> Runner:
-    emulate = emulates_qdq_here(manifest, file_name)
-    return OnnxRuntimeRunner(
-        vouched_path(directory, file_name, manifest), threads=threads, emulate_qdq=emulate
-    )
+    return open_onnx_runner(directory, file_name, manifest, threads)
 
 
 def _open_ort_cuda(
@@ -129,21 +118,21 @@ BACKENDS: tuple[Backend, ...] = (
     ),
     Backend(
         "onnxruntime-tensorrt",
-        ONNX_FILES.__getitem__,
+        onnx_file_name,
         ("fp16", "fp32", "int8"),
         _provider_unavailable("TensorrtExecutionProvider"),
         _open_ort_tensorrt,
     ),
     Backend(
         "onnxruntime-cuda",
-        ONNX_FILES.__getitem__,
+        onnx_file_name,
         ("fp16", "fp32", "int8"),
         _provider_unavailable("CUDAExecutionProvider"),
         _open_ort_cuda,
     ),
     Backend(
         "onnxruntime-cpu",
-        CPU_ONNX_FILES.__getitem__,
+        cpu_onnx_file_name,
         # FP32 is the exact one; `--precision int8` takes model.int8-cpu.onnx (verified against
         # its agreement target when it was made); FP16 kernels are slow on CPUs.
         ("fp32", "int8", "fp16"),

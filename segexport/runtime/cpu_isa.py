@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from segexport.runtime.files import CPU_INT8_ONNX
+
 CPU_ISAS = ("vnni", "avx2")
 ISA_MEANING = {
     "vnni": "INT8 products accumulated exactly (AVX-512 VNNI, AVX-VNNI, AMX or not x86)",
@@ -150,7 +152,7 @@ def resolve_cpu_isa(requested: str) -> str:
 
 def int8_cpu_mismatch(manifest: dict[str, Any], file_name: str) -> str | None:
     """Why an `int8-cpu` graph may not behave here as it did when it was verified, or None."""
-    if file_name != "model.int8-cpu.onnx":
+    if file_name != CPU_INT8_ONNX:
         return None
     target = manifest.get("precisions", {}).get("int8-cpu", {}).get("cpu_isa", {}).get("target")
     if target is None:

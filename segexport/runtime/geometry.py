@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from segexport.errors import SegexportError
-from segexport.runtime.preprocessing import preprocess, resize
+from segexport.runtime.preprocessing import preprocess_for, resize
 
 RESIZE_MODES = ("fixed", "keep-aspect", "native")
 
@@ -116,12 +116,7 @@ class Placement:
 
     def tensor(self, rgb: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
         """RGB uint8 [H, W, 3] -> normalised float32 [3, padH, padW]; the padding is 0 (the mean colour)."""
-        normalised = preprocess(
-            resize(rgb, self.scaled),
-            preprocessing["mean"],
-            preprocessing["std"],
-            float(preprocessing.get("scale", 1 / 255)),
-        )[0]
+        normalised = preprocess_for(preprocessing, resize(rgb, self.scaled))[0]
         if self.scaled == self.padded:
             return normalised
         padded = np.zeros((3, *self.padded), dtype=np.float32)
@@ -132,6 +127,10 @@ class Placement:
         """[C, padH, padW] network logits -> [C, H, W] at the original image's pixels."""
         cropped = logits[:, : self.scaled[0], : self.scaled[1]]
         return resize_logits(cropped, self.original)
+
+    def logits_to_mask(self, logits: np.ndarray) -> np.ndarray:
+        """[C, padH, padW] network logits -> class ids [H, W] at the original image's pixels."""
+        return logits_to_mask(logits[:, : self.scaled[0], : self.scaled[1]], self.original)
 
     def restore_mask(self, mask: np.ndarray) -> np.ndarray:
         """[padH, padW] class ids (an ArgMax head's output) -> int64 [H, W], nearest neighbour."""

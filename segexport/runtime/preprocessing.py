@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,13 @@ def preprocess(
     std_array = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
     chw = batch.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(scale)
     return np.ascontiguousarray((chw - mean_array) / std_array)
+
+
+def preprocess_for(preprocessing: Mapping[str, Any], images: np.ndarray) -> np.ndarray:
+    """`preprocess` with an artifact's recorded settings: its manifest's `preprocessing`
+    section (or the Triton ensemble's copy of it), so calibration, verify, bench, the runtime
+    and Triton read mean, std and scale the same way."""
+    return preprocess(images, preprocessing["mean"], preprocessing["std"], float(preprocessing["scale"]))
 
 
 @contextlib.contextmanager

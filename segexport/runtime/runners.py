@@ -16,6 +16,7 @@ import numpy as np
 from segexport.errors import SegexportError, first_line
 from segexport.runtime.artifacts import read_manifest, vouched_bytes
 from segexport.runtime.cpu_isa import int8_cpu_mismatch
+from segexport.runtime.files import emulates_tensorrt_qdq
 from segexport.runtime.inputs import check_input_shapes
 
 
@@ -85,18 +86,23 @@ class OnnxRuntimeRunner:
         return dict(zip(self.output_names, (np.asarray(o) for o in outputs), strict=True))
 
 
-# The INT8 graph made for TensorRT: on ONNX Runtime it is only ever checked, never deployed
-# (model.int8-cpu.onnx is the CPU's), so it runs with TensorRT's arithmetic.
-TENSORRT_INT8_FILE = "model.int8.onnx"
-
-
 def emulates_qdq_here(manifest: dict[str, Any], file_name: str) -> bool:
     """Whether ONNX Runtime on this CPU runs the file's Q/DQ as written (TensorRT's graph); warns
     first when an `int8-cpu` graph was made for another CPU's INT8 arithmetic."""
     problem = int8_cpu_mismatch(manifest, file_name)
     if problem is not None:
         warnings.warn(problem, RuntimeWarning, stacklevel=3)
-    return file_name == TENSORRT_INT8_FILE
+    return emulates_tensorrt_qdq(file_name)
+
+
+def open_onnx_runner(
+    directory: Path, file_name: str, manifest: dict[str, Any], threads: int | None = None
+) -> OnnxRuntimeRunner:
+    """The one way an artifact's ONNX file opens on ONNX Runtime's CPU provider: the bytes the
+    manifest vouches for, input shapes checked against its range, TensorRT's Q/DQ emulated."""
+    data = vouched_bytes(directory, file_name, manifest)
+    emulate = emulates_qdq_here(manifest, file_name)
+    return OnnxRuntimeRunner(data, threads=threads, manifest=manifest, name=file_name, emulate_qdq=emulate)
 
 
 def open_runner(
@@ -109,11 +115,7 @@ def open_runner(
     """
     suffix = Path(file_name).suffix
     if suffix == ".onnx":
-        data = vouched_bytes(directory, file_name, manifest)
-        emulate = emulates_qdq_here(manifest, file_name)
-        return OnnxRuntimeRunner(
-            data, threads=threads, manifest=manifest, name=file_name, emulate_qdq=emulate
-        )
+        return open_onnx_runner(directory, file_name, manifest, threads)
     if suffix == ".engine":
         from segexport.runtime.engine import open_engine_runner  # cuda-python/TensorRT: only when asked
 

@@ -368,7 +368,7 @@ class Segmenter:
         if self._head == "mask":
             labels = item.placements[0].restore_mask(item.outputs[0])
         elif len(self._views) == 1 and self.refiner is None:
-            labels = np.argmax(item.placements[0].restore_logits(item.outputs[0]), axis=0)
+            labels = item.placements[0].logits_to_mask(item.outputs[0])
         else:
             labels = np.argmax(self._probabilities(item), axis=0)
         item.outputs = []

@@ -33,12 +33,11 @@ from segexport.runtime.artifacts import (
     staged_directory,
     vouched_path,
 )
+from segexport.runtime.files import ONNX_FILES
 from segexport.runtime.geometry import mask_dtype
 
-FORMATS = {
-    "onnx-fp32": "model.onnx",
-    "onnx-fp16": "model.fp16.onnx",
-    "onnx-int8": "model.int8.onnx",
+FORMATS: dict[str, str | None] = {
+    **{file.format_name: file.name for file in ONNX_FILES if file.for_tensorrt},
     "engine": None,  # the manifest's engine, or the one --engine names
 }
 ORT_TRT_PRECISIONS = {"fp16": "FP16", "int8": "INT8"}

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from segexport.runtime.preprocessing import preprocess, resize
+from segexport.runtime.preprocessing import preprocess_for, resize
 
 
 def parameters(args: dict) -> dict:
@@ -29,9 +29,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         settings = parameters(args)
         self.size = (int(settings["height"]), int(settings["width"]))
-        self.mean = settings["mean"]
-        self.std = settings["std"]
-        self.scale = float(settings["scale"])
+        self.settings = settings  # mean, std and scale: the manifest's preprocessing
         self.bgr = settings["color_order"] == "BGR"
         self.dtype = np.dtype(settings["input_dtype"])
 
@@ -48,7 +46,7 @@ class TritonPythonModel:
             resized = resize(np.ascontiguousarray(image), self.size)
             if self.bgr:
                 resized = np.ascontiguousarray(resized[..., ::-1])
-            tensor = preprocess(resized, self.mean, self.std, self.scale).astype(self.dtype)
+            tensor = preprocess_for(self.settings, resized).astype(self.dtype)
             original = np.asarray(image.shape[:2], dtype=np.int32)
             outputs = [pb_utils.Tensor("NETWORK_INPUT", tensor), pb_utils.Tensor("ORIGINAL_SIZE", original)]
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
