@@ -61,6 +61,7 @@ def test_wheel_carries_the_package_only(runtime_venv: tuple[Path, Path]) -> None
     names = zipfile.ZipFile(wheel).namelist()
     assert "segexport/runtime/runners.py" in names
     assert "segexport/serving/triton_models/preprocess.py" in names  # copied into Triton repositories
+    assert {"segexport/trt_rules/targets.json", "segexport/trt_rules/10.3.json"} <= set(names)  # package data
     assert not [n for n in names if n.startswith(("models/", "tests/", "calibration/"))]
     assert not [n for n in names if n.endswith((".safetensors", ".pt", ".pth", ".onnx"))]
     print(f"{wheel.name}: {wheel.stat().st_size / 1024:.0f} KiB")

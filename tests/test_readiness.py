@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from segexport import readiness
 from segexport.errors import SegexportError
-from segexport.trt_rules import RELEASES, TARGETS
+from segexport.trt_rules import TARGETS, load_release, releases
 from tests.manifests import write_manifest
 
 FLOAT = TensorProto.FLOAT
@@ -195,7 +195,7 @@ def test_release_differences_change_the_severity() -> None:
     # Squeeze without axes on dynamic dims: 10.x's importer (10.1-GA) refuses it outright.
     fired = _rules_fired(_squeeze_without_axes(["n", 3, 1, 4]), "10.3")
     assert fired["squeeze-implicit-axes"] == {"error"}
-    assert "onnxOpImporters.cpp" in RELEASES["10.3"]["importer"]["squeeze_omitted_axes_static_only"]
+    assert "onnxOpImporters.cpp" in load_release("10.3")["importer"]["squeeze_omitted_axes_static_only"]
     # Static dims: the 10.x importer infers the axes; 11.x's sources do not say.
     assert _rules_fired(_squeeze_without_axes([1, 3, 1, 4]), "10.3") == {}
     # A computed Q/DQ scale: 10.3's header requires a build-time constant, 10.16/11.1's no longer say.
@@ -217,7 +217,8 @@ def test_release_differences_change_the_severity() -> None:
     assert _rules_fired(model, "11.x") == {}
     assert _rules_fired(model, "10.3") == {"constant-input": {"error"}}
     # FP4 is a quantized type from 10.16 on, not in 10.3.
-    assert "FP4" not in RELEASES["10.3"]["qdq"]["types"] and "FP4" in RELEASES["10.16"]["qdq"]["types"]
+    assert "FP4" not in load_release("10.3")["qdq"]["types"]
+    assert "FP4" in load_release("10.16")["qdq"]["types"]
 
 
 def test_cubic_resize_is_uncertain_not_an_error() -> None:
@@ -226,7 +227,7 @@ def test_cubic_resize_is_uncertain_not_an_error() -> None:
 
 
 def test_rule_data_cites_file_line_and_release() -> None:
-    for release, data in RELEASES.items():
+    for release, data in releases().items():
         assert data["opset"]["cite"].endswith(".md:5"), release
         for op, entry in data["ops"].items():
             assert "docs/operators.md:" in entry["cite"], (release, op)
@@ -302,46 +303,3 @@ def test_trt_refuses_error_findings_for_the_installed_version(tmp_path: Path) ->
     said.clear()
     check_readiness(slow, read_manifest(slow), "model.onnx", "10.16.1", False, said.append)
     assert len(said) == 1 and said[0].startswith("readiness (slow): INT8 grouped Conv")
-
-
-def _generator():  # tools/ is not a package: load the script as a module
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "gen_trt_rules.py"
-    spec = importlib.util.spec_from_file_location("gen_trt_rules", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_generator_reads_the_operator_matrix_format() -> None:
-    text = "\n".join(
-        [
-            "TensorRT 12.0 supports operators in the inclusive range of opset 9 to opset 30.",
-            "> Note: UINT8 is only supported as network input or output tensor types.",
-            "| Operator | Supported | Supported Types | Restrictions |",
-            "| Squeeze | Y | FP32, INT64 | `axes` must be resolvable to a constant. |",
-            "| Det | N |",
-            "| Resize | Y | FP32 | Supported resize transformation modes: `half_pixel`.<br />"
-            "Supported resize modes: `nearest`.<br />Supported nearest modes: `floor`. |",
-        ]
-    )
-    source = {"repo": "r", "ref": "v", "commit": "0" * 40, "path": "docs/operators.md"}
-    data = _generator().parse_operators(text, source)
-    assert data["opset"]["min"] == 9 and data["opset"]["max"] == 30
-    assert data["ops"]["Squeeze"]["types"] == ["FP32", "INT64"]
-    assert data["constant_inputs"]["Squeeze"][0]["input"] == 1  # `axes` is Squeeze's second input
-    assert data["unsupported_ops"]["Det"].endswith("docs/operators.md:5")
-    assert data["resize"]["mode"] == ["nearest"] and data["resize"]["antialias"]
-
-
-def test_committed_rules_are_what_the_sources_generate(tmp_path: Path) -> None:
-    sources = Path(__file__).resolve().parents[1] / "tools" / "trt_sources"
-    if not all((sources / release / "NvInfer.h").exists() for release in RELEASES):
-        pytest.skip("the third-party TensorRT sources named in tools/trt_sources/*/SOURCES.json are not here")
-    out = tmp_path / "trt_rules.py"
-    _generator().main(["--sources", str(sources), "--out", str(out)])
-    namespace: dict[str, object] = {}
-    exec(out.read_text(), namespace)
-    assert namespace["RELEASES"] == RELEASES and namespace["TARGETS"] == TARGETS

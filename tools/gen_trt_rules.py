@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Generate `segexport/trt_rules.py`: what TensorRT's ONNX parser and builder accept, per release.
+"""Generate `segexport/trt_rules/*.json`: what TensorRT's ONNX parser and builder accept, per release.
 
 Run by hand when a TensorRT release is added, never at build time; commit the result.
 Adding a release is a data change: put its sources in a new folder and rerun.
+tests/test_trt_rules_sync.py reruns it on the committed sources and compares.
 
 `--sources DIR` holds one folder per target release (e.g. `10.3/`, `10.16/`, `11.1/`), each with
 
@@ -12,17 +13,19 @@ Adding a release is a data change: put its sources in a new folder and rerun.
 - `onnxOpImporters.cpp` (optional): onnx-tensorrt's importer source, where obtainable; it
   settles what the matrix is silent on (Squeeze without axes, cubic Resize);
 - `SOURCES.json`: where each file came from (repo, ref, commit, path; a `note` when a file is
-  from another release than the target, which the generated data repeats).
+  from another release than the target, which the generated data repeats; `excerpts`: the
+  original line ranges each committed file keeps).
 
-`tools/trt_sources/<release>/SOURCES.json` records where the committed data came from; put
-the files it names beside it (they are third-party and not committed) and pass
-`--sources tools/trt_sources`. For example, from clones of both repositories:
+`tools/trt_sources/<release>/` commits excerpts of those files (see `read_source`): the licence
+block, and only the lines the data cites, with their comment blocks, under their original line
+numbers (operators.md whole). To add or refresh a release, put the whole files there, e.g.
     git -C TensorRT show release/11.1:include/NvInfer.h > DIR/11.1/NvInfer.h
     git -C onnx-tensorrt show <commit TensorRT's parsers/onnx pins>:docs/operators.md \\
         > DIR/11.1/operators.md
+and run with `--write-excerpts`, which cuts them down and records the ranges in SOURCES.json.
 
 Every entry in the output cites file, line and release. A rule whose wording is not found in
-a release's sources is written as None for that release (the checker then reports
+a release's sources is written as null for that release (the checker then reports
 "uncertain" instead of guessing).
 """
 
@@ -30,10 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import pprint
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ def _find_line(lines: list[str], start: int, end: int, pattern: str) -> int | No
 def parse_header(text: str, source: dict[str, Any]) -> dict[str, Any]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if re.match(r"//! \\class IQuantizeLayer", line))
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("class IQuantizeLayer"))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("//!"))
     qdq: dict[str, Any] = {}
     for key, pattern in HEADER_ANCHORS.items():
         number = _find_line(lines, start, end, pattern)
@@ -189,45 +189,162 @@ def parse_importer(text: str, source: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+# Which file of a release folder holds which source of SOURCES.json.
+SOURCE_FILES = {"operators": "operators.md", "header": "NvInfer.h", "importer": "onnxOpImporters.cpp"}
+# Sources kept whole when excerpted: the support matrix is read row by row.
+KEPT_WHOLE = {"operators"}
+EXCERPT_MARKER = re.compile(r"^(?://|<!--) excerpt: lines (\d+)-(\d+) of (\S+)")
+
+
+def read_source(path: Path, expected: list[str] | None) -> str:
+    """A source's text with its original line numbers, from the whole file or from an excerpt.
+
+    An excerpt is a preamble, then for each kept range a marker line
+    (`// excerpt: lines A-B of PATH`, or `<!-- ... -->` in Markdown) and exactly those lines.
+    Lines it leaves out come back blank, so every cite names the line of the original file.
+    `expected` is the ranges SOURCES.json records (`"A-B"`); the markers must agree with it.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    markers = [i for i, line in enumerate(lines) if EXCERPT_MARKER.match(line)]
+    if not markers and expected is None:
+        return "\n".join(lines) + "\n"
+    original: list[str] = []
+    ranges: list[str] = []
+    for at, end in zip(markers, [*markers[1:], len(lines)], strict=True):
+        found = EXCERPT_MARKER.match(lines[at])
+        assert found is not None
+        first, last = int(found.group(1)), int(found.group(2))
+        body = lines[at + 1 : end]
+        if first <= len(original) or len(body) != last - first + 1:
+            count = last - first + 1
+            raise SystemExit(f"{path}: the excerpt of lines {first}-{last} is not {count} lines in order")
+        original += [""] * (first - 1 - len(original)) + body
+        ranges.append(f"{first}-{last}")
+    if ranges != expected:
+        raise SystemExit(f"{path}: excerpt lines {ranges} differ from SOURCES.json's {expected}")
+    return "\n".join(original) + "\n"
+
+
 def release_data(folder: Path) -> dict[str, Any]:
     sources = json.loads((folder / "SOURCES.json").read_text())
+    excerpts = sources.pop("excerpts", {})
     data: dict[str, Any] = {"target": sources["target"], "sources": sources}
-    data.update(parse_operators((folder / "operators.md").read_text(), sources["operators"]))
-    data.update(parse_header((folder / "NvInfer.h").read_text(), sources["header"]))
-    importer = folder / "onnxOpImporters.cpp"
-    data["importer"] = (
-        parse_importer(importer.read_text(), sources["importer"]) if importer.exists() else None
-    )
+
+    def text(key: str) -> str:
+        return read_source(folder / SOURCE_FILES[key], excerpts.get(key))
+
+    data.update(parse_operators(text("operators"), sources["operators"]))
+    data.update(parse_header(text("header"), sources["header"]))
+    importer = folder / SOURCE_FILES["importer"]
+    data["importer"] = parse_importer(text("importer"), sources["importer"]) if importer.exists() else None
     return data
 
 
-def render(releases: dict[str, Any], targets: dict[str, str]) -> str:
-    body = pprint.pformat(releases, width=110, sort_dicts=True)
-    return (
-        '"""TensorRT ONNX-parser and builder rules per release.\n\n'
-        "GENERATED by tools/gen_trt_rules.py; do not edit.\n"
-        "Each entry cites the file, line and release it came from (`cite`). Regenerate from the\n"
-        "onnx-tensorrt and TensorRT sources of each release to add one.\n"
-        '"""\n\n'
-        "from typing import Any\n\n"
-        f"TARGETS: dict[str, str] = {targets!r}\n\n"
-        f"RELEASES: dict[str, Any] = {body}\n"
-    )
+def cited_lines(data: Any, source: dict[str, Any]) -> set[int]:
+    """The lines of `source` that the generated data cites."""
+    prefix = cite(source, 0).removesuffix("0")
+    if isinstance(data, dict):
+        return set().union(*(cited_lines(value, source) for value in data.values()))
+    if isinstance(data, list):
+        return set().union(*(cited_lines(value, source) for value in data))
+    if isinstance(data, str) and data.startswith(prefix):
+        return {int(data.removeprefix(prefix))}
+    return set()
+
+
+def excerpt_ranges(lines: list[str], cited: set[int]) -> list[list[int]]:
+    """The licence block, and for each cited line its `//!` comment block (the one above a code line)."""
+
+    def comment(i: int) -> bool:
+        return 0 <= i < len(lines) and lines[i].lstrip().startswith("//!")
+
+    licence = next((i for i, line in enumerate(lines[:40]) if line.rstrip().endswith(("*/", "-->"))), -1)
+    spans = [(0, licence)] if licence >= 0 else []
+    for number in sorted(cited):
+        top = bottom = number - 1
+        if comment(top):
+            while comment(bottom + 1):
+                bottom += 1
+        elif comment(top - 1):  # a code line: keep the comment block that documents it
+            top -= 1
+        while comment(top) and comment(top - 1):
+            top -= 1
+        spans.append((top, bottom))
+    merged: list[list[int]] = []
+    for top, bottom in sorted(spans):
+        if merged and top <= merged[-1][1]:  # overlapping or adjacent (1-based end vs 0-based start)
+            merged[-1][1] = max(merged[-1][1], bottom + 1)
+        else:
+            merged.append([top + 1, bottom + 1])
+    return merged
+
+
+def write_excerpt(path: Path, source: dict[str, Any], ranges: list[list[int]]) -> None:
+    """Replace the whole file at `path` by the excerpt of `ranges` (see `read_source`)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    markdown = path.suffix == ".md"
+
+    def comment(words: str) -> str:
+        return f"<!-- {words} -->" if markdown else f"// {words}"
+
+    out = [
+        comment(f"Excerpt of {source['repo']}@{source['ref']} ({source['commit']}) {source['path']},"),
+        comment("Apache-2.0 like the original, whose licence block is kept first. Only the marked line"),
+        comment("ranges are kept, under their original line numbers; see tools/gen_trt_rules.py."),
+    ]
+    for first, last in ranges:
+        out.append(comment(f"excerpt: lines {first}-{last} of {source['path']}"))
+        out += lines[first - 1 : last]
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def excerpt_release(folder: Path) -> None:
+    """Cut a release folder's whole source files down to what the data cites; record it in SOURCES.json."""
+    data = release_data(folder)
+    sources = json.loads((folder / "SOURCES.json").read_text())
+    sources["excerpts"] = {}
+    for key, name in SOURCE_FILES.items():
+        path = folder / name
+        if not path.exists():
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if key in KEPT_WHOLE:
+            ranges = [[1, len(lines)]]
+        else:
+            ranges = excerpt_ranges(lines, cited_lines(data, sources[key]))
+        write_excerpt(path, sources[key], ranges)
+        sources["excerpts"][key] = [f"{first}-{last}" for first, last in ranges]
+    (folder / "SOURCES.json").write_text(json.dumps(sources, indent=1) + "\n")
+    if release_data(folder) != data:
+        raise SystemExit(f"{folder}: the excerpts do not give the data the whole files give")
+
+
+def render(data: Any) -> str:
+    """The committed JSON form: sorted keys, one-space indent, trailing newline."""
+    return json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=Path, required=True, help="one folder per release (see above)")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "segexport" / "trt_rules.py"
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "segexport" / "trt_rules"
+    )
+    parser.add_argument(
+        "--write-excerpts",
+        action="store_true",
+        help="first replace whole source files in --sources by excerpts of the lines the data cites",
     )
     args = parser.parse_args(argv)
-    releases = {name: release_data(args.sources / name) for name in sorted(set(DEFAULT_TARGETS.values()))}
-    args.out.write_text(render(releases, DEFAULT_TARGETS))
-    ruff = shutil.which("ruff")
-    if ruff:  # the committed module is ruff-formatted; keep regeneration diffs to real changes
-        subprocess.run([ruff, "format", "--quiet", str(args.out)], check=True)
-    print(f"wrote {args.out} ({', '.join(releases)})", file=sys.stderr)
+    names = sorted(set(DEFAULT_TARGETS.values()))
+    if args.write_excerpts:
+        for name in names:
+            excerpt_release(args.sources / name)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (args.out / f"{name}.json").write_text(render(release_data(args.sources / name)), encoding="utf-8")
+    (args.out / "targets.json").write_text(render(DEFAULT_TARGETS), encoding="utf-8")
+    print(f"wrote {args.out} ({', '.join(names)})", file=sys.stderr)
     return 0
 
 
