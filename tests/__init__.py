@@ -1,0 +1,1 @@
+"""segexport's tests: each file's docstring says what it covers."""

@@ -1,3 +1,7 @@
+"""Artifact directories: vouched model files open, tampered or unlisted ones are refused,
+staged writes are all-or-nothing.
+"""
+
 from __future__ import annotations
 
 import json

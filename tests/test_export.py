@@ -1,3 +1,7 @@
+"""`segexport onnx`: every zoo model exports, verifies and quantizes; size plans,
+dynamic axes and the manifest.
+"""
+
 from __future__ import annotations
 
 from pathlib import Path

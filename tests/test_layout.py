@@ -1,4 +1,5 @@
-"""The package's shape: no import cycles, and a runtime that never reaches the toolchain.
+"""The package's shape: no import cycles, a runtime that never reaches the toolchain, and
+stages that only import stages below them (shared parts below every stage).
 
 Both are read from the source (every import statement, including those inside functions),
 so a lazy import cannot hide a cycle or a torch dependency from the runtime.
@@ -101,3 +102,56 @@ def test_runtime_and_doctor_load_without_torch_or_onnx() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# The stages, bottom to top, as a user runs them; everything else in the package is a shared
+# part below every stage (runtime, zoo, importers, data, compare, reference, readiness, ...).
+# A package counts with its modules (`segexport.bench` is `segexport.bench.*` too).
+STAGE_ORDER = (
+    "segexport.export",
+    "segexport.prerequisites",  # runs the missing earlier stages for the ones above it
+    "segexport.quantize",
+    "segexport.build",
+    "segexport.verify",
+    "segexport.bench",
+    "segexport.serving",
+    "segexport.cli",
+    "segexport.__main__",
+)
+
+
+def stage_rank(module: str) -> int:
+    """0 for a shared part, else 1 + the stage's position in STAGE_ORDER."""
+    for rank, stage in enumerate(STAGE_ORDER, start=1):
+        if module == stage or module.startswith(stage + "."):
+            return rank
+    return 0
+
+
+def stage_order_violations(graph: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if stage_rank(target) > stage_rank(module):
+                what = "a shared part" if stage_rank(module) == 0 else "a stage"
+                problems.append(f"{module} ({what}) imports {target}, a stage above it")
+    return problems
+
+
+def test_stages_import_only_what_sits_below_them() -> None:
+    # Every stage named exists, so a rename cannot turn the rule off silently.
+    missing = [s for s in STAGE_ORDER if not any(m == s or m.startswith(s + ".") for m in MODULES)]
+    assert missing == [], f"STAGE_ORDER names modules that do not exist: {missing}"
+    assert stage_order_violations(package_graph()) == []
+
+
+def test_the_stage_order_rule_catches_an_upward_import() -> None:
+    graph = {
+        "segexport.compare": {"segexport.quantize"},  # a shared part reaching up
+        "segexport.quantize": {"segexport.build"},  # a stage reaching up
+        "segexport.build": {"segexport.quantize", "segexport.compare"},  # fine
+    }
+    assert stage_order_violations(graph) == [
+        "segexport.compare (a shared part) imports segexport.quantize, a stage above it",
+        "segexport.quantize (a stage) imports segexport.build, a stage above it",
+    ]

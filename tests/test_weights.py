@@ -1,3 +1,7 @@
+"""Checkpoint loading: every supported layout, `weights_only` refusal of pickles,
+corrupt files and key mismatches.
+"""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,3 +1,7 @@
+"""The model zoo: names and aliases resolve, architectures match the papers,
+logits come at the input's size.
+"""
+
 from __future__ import annotations
 
 import pytest
