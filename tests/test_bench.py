@@ -33,8 +33,8 @@ from segexport.build import BuildOptions, BuildRequest, build_artifact, engine_f
 from segexport.cli import main
 from segexport.report import json_safe
 from segexport.runtime import OnnxRuntimeRunner
+from tests.clitools import assert_one_line_error, run
 from tests.emulator import install
-from tests.test_cli import assert_one_line_error, run
 
 STATUSES = {"ok", "verify-failed", "unavailable"}
 LATENCY_KEYS = ("min", "mean", "median", "p90", "p95", "p99", "max", "std")

@@ -24,8 +24,8 @@ from segexport.errors import SegexportError
 from segexport.runtime import engine
 from segexport.runtime.engine import GpuIdentity, compatibility_problem, profile_problem, read_vouched_engine
 from segexport.shapes import InputShape
+from tests.clitools import assert_one_line_error, run
 from tests.manifests import write_manifest
-from tests.test_cli import assert_one_line_error, run
 
 ORIN = GpuIdentity("Orin", (8, 7))
 IMAGE_MANIFEST: dict[str, Any] = {

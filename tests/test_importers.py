@@ -14,8 +14,8 @@ from segexport.compare import Tolerance
 from segexport.errors import SegexportError
 from segexport.importers import build_imported, import_weights
 from segexport.importers.check import check_import
+from tests.clitools import assert_one_line_error, run
 from tests.source_libraries import source_library
-from tests.test_cli import assert_one_line_error, run
 
 CLASSES = ("road", "car", "person", "sky")
 

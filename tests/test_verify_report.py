@@ -20,7 +20,7 @@ from segexport.errors import SegexportError
 from segexport.runtime import OnnxRuntimeRunner, open_runner
 from segexport.runtime.artifacts import describe_files
 from segexport.verify import NO_TENSORRT, VerifyRequest, verify_artifacts
-from tests.test_cli import assert_one_line_error, run
+from tests.clitools import assert_one_line_error, run
 
 
 def verify_json(*args: str) -> tuple[int, dict, str]:
