@@ -34,8 +34,8 @@ from segexport.cli import main
 from segexport.report import json_safe
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.files import engine_file_name
+from tests.clitools import assert_one_line_error, run
 from tests.emulator import install
-from tests.test_cli import assert_one_line_error, run
 
 STATUSES = {"ok", "verify-failed", "unavailable"}
 LATENCY_KEYS = ("min", "mean", "median", "p90", "p95", "p99", "max", "std")

@@ -24,8 +24,8 @@ from segexport.errors import SegexportError
 from segexport.runtime import engine
 from segexport.runtime.engine import GpuIdentity, compatibility_problem, profile_problem, read_vouched_engine
 from segexport.shapes import InputShape
+from tests.clitools import assert_one_line_error, run
 from tests.manifests import write_manifest
-from tests.test_cli import assert_one_line_error, run
 
 ORIN = GpuIdentity("Orin", (8, 7))
 IMAGE_MANIFEST: dict[str, Any] = {
@@ -265,8 +265,7 @@ def test_engine_runtime_does_not_import_torch() -> None:
 def test_trt_without_tensorrt_leaves_the_verified_int8_onnx(tmp_path: Path) -> None:
     out = tmp_path / "unet-small"
     code, _, err = run("trt", "--int8", "--model", "unet-small", "--artifacts", str(out))
-    assert code == 3
-    assert_one_line_error(code, err, "TensorRT is not importable here")
+    assert_one_line_error(code, err, "TensorRT is not importable here", exit_code=3, after_progress=True)
     assert f"{out / 'model.int8.onnx'} is ready" in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["weights"]["path"].endswith("unet-small/demo.safetensors")

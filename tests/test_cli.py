@@ -8,26 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from segexport.cli import main
+from tests.clitools import assert_one_line_error, run
 
 SMALL = ["--model", "unet-small", "--size", "64x64"]
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_one_line_error(code: int, stderr: str, pattern: str) -> None:
-    assert code != 0
-    assert "Traceback" not in stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("segexport: error:")]
-    assert len(lines) == 1, stderr
-    assert pattern in lines[0], lines[0]
 
 
 def test_zoo_json_lists_parameter_counts() -> None:
@@ -77,9 +61,8 @@ def test_mismatched_checkpoint(tmp_path: Path, small_weights: Path) -> None:
     code, _, stderr = run(
         "onnx", *SMALL, "--num-classes", "5", "--weights", str(small_weights), "--out", str(tmp_path / "x")
     )
-    assert_one_line_error(
-        code, stderr, "shape mismatches: final_conv.weight (2, 16, 1, 1) vs model (5, 16, 1, 1)"
-    )
+    message = "shape mismatches: final_conv.weight (2, 16, 1, 1) vs model (5, 16, 1, 1)"
+    assert_one_line_error(code, stderr, message, after_progress=True)
 
 
 def test_unwritable_output(tmp_path: Path) -> None:
@@ -106,15 +89,13 @@ def test_existing_artifact_needs_force(tmp_path: Path, small_artifact: Path) -> 
 
 def test_verification_failure_exits_1_and_writes_nothing(tmp_path: Path) -> None:
     code, _, stderr = run("onnx", *SMALL, "--out", str(tmp_path / "x"), "--rtol", "1e-12")
-    assert_one_line_error(code, stderr, "differs from PyTorch")
-    assert code == 1
+    assert_one_line_error(code, stderr, "differs from PyTorch", exit_code=1, after_progress=True)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_size_syntax_is_a_usage_error() -> None:
-    result = CliRunner().invoke(main, ["onnx", "--size", "big"])
-    assert result.exit_code == 2
-    assert "is not of the form HxW" in result.stderr
+    code, _, stderr = run("onnx", "--size", "big")
+    assert_one_line_error(code, stderr, "is not of the form HxW")
 
 
 def test_installed_command_prints_no_traceback(tmp_path: Path) -> None:

@@ -23,9 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from segexport.cli import main
 from segexport.data import SYNTHETIC_CLASSES
 from segexport.errors import SegexportError
 from segexport.runtime import open_artifact
@@ -41,21 +39,7 @@ from segexport.runtime.artifacts import (
     write_json_atomic,
 )
 from segexport.runtime.onnx_wire import MalformedProtobuf, external_data_files
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_one_line_error(code: int, stderr: str, pattern: str, exit_code: int = 2) -> None:
-    assert code == exit_code, stderr
-    assert "Traceback" not in stderr and "Usage:" not in stderr, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("segexport: error:"), stderr
-    assert pattern in lines[0], lines[0]
+from tests.clitools import assert_one_line_error, run
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from segexport.compare import Tolerance
 from segexport.errors import SegexportError
 from segexport.importers import build_imported, import_weights
 from segexport.importers.check import check_import
+from tests.clitools import assert_one_line_error, run
 from tests.source_libraries import source_library
-from tests.test_cli import assert_one_line_error, run
 
 CLASSES = ("road", "car", "person", "sky")
 
@@ -200,10 +200,10 @@ def test_model_that_disagrees_with_the_config_is_refused(tmp_path: Path) -> None
     assert not (tmp_path / "o").exists()
 
 
-def _refused(tmp_path: Path, weights: Path, message: str) -> None:
+def _refused(tmp_path: Path, weights: Path, message: str, after_progress: bool = False) -> None:
     out = tmp_path / "out"
     code, _, err = run("onnx", "--weights", str(weights), "--out", str(out))
-    assert_one_line_error(code, err, message)
+    assert_one_line_error(code, err, message, after_progress=after_progress)
     assert not out.exists()
 
 
@@ -221,7 +221,7 @@ def test_hf_config_weights_mismatch_is_refused(tmp_path: Path) -> None:
     config = json.loads((directory / "config.json").read_text())
     config.update(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], decoder_hidden_size=768)
     (directory / "config.json").write_text(json.dumps(config))
-    _refused(tmp_path, directory, "does not fit SegFormer")
+    _refused(tmp_path, directory, "does not fit SegFormer", after_progress=True)  # found while building
 
 
 def test_truncated_safetensors_is_refused(tmp_path: Path) -> None:

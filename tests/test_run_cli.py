@@ -12,7 +12,7 @@ from PIL import Image
 
 from segexport.data import SyntheticScenes, read_mask
 from segexport.runtime.segmenter import Segmenter
-from tests.test_cli import assert_one_line_error, run
+from tests.clitools import assert_one_line_error, run
 
 needs_video = pytest.mark.skipif(
     importlib.util.find_spec("av") is None, reason="PyAV (the 'video' extra) is not installed"
@@ -56,7 +56,7 @@ def test_existing_output_needs_force(small_artifact: Path, image_folder: Path, t
     code, _, stderr = run(
         "run", "--artifacts", str(small_artifact), "--input", str(image_folder), "--output", str(out)
     )
-    assert_one_line_error(code, stderr, "already exists")
+    assert_one_line_error(code, stderr, "already exists", after_progress=True)
     assert (out / "keep.txt").read_text() == "mine"
 
 
@@ -78,7 +78,7 @@ def test_bad_inputs_get_one_line(
     code, _, stderr = run(
         "run", "--artifacts", str(small_artifact), "--input", str(path), "--output", str(out)
     )
-    assert_one_line_error(code, stderr, message)
+    assert_one_line_error(code, stderr, message, after_progress=True)
     assert not out.exists()
 
 
@@ -91,7 +91,7 @@ def test_an_unreadable_image_leaves_no_half_written_output(small_artifact: Path,
     code, _, stderr = run(
         "run", "--artifacts", str(small_artifact), "--input", str(source), "--output", str(out)
     )
-    assert_one_line_error(code, stderr, "unreadable image")
+    assert_one_line_error(code, stderr, "unreadable image", after_progress=True)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["in"]
 
 
@@ -128,7 +128,7 @@ def test_a_video_that_cannot_be_opened_gets_one_line(small_artifact: Path, tmp_p
     code, _, stderr = run(
         "run", "--artifacts", str(small_artifact), "--input", str(clip), "--output", str(out)
     )
-    assert_one_line_error(code, stderr, "cannot open the video")
+    assert_one_line_error(code, stderr, "cannot open the video", after_progress=True)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4"]
 
 

@@ -1,0 +1,118 @@
+"""`segexport run`: segment images, folders, videos and cameras with an artifact (torch-free)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from segexport.cli._base import echo_json, main, progress
+from segexport.cli.options import artifacts_option, force_option, json_option, threads_option
+from segexport.runtime.backends import BACKEND_NAMES
+
+
+@main.command("run")
+@artifacts_option("Artifact directory (from segexport onnx/quantize/trt).", required=True)
+@click.option(
+    "--input", "source", required=True, help="An image, a folder of images, a video file or a camera index."
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A folder (images: masks/ and overlays/) or a video file (.mp4, .mkv, ...).",
+)
+@click.option("--overlay", is_flag=True, help="Also write overlays (images) / write an overlay video.")
+@click.option("--tta", is_flag=True, help="Average over scales 0.75/1/1.25 and horizontal flips.")
+@click.option("--crf", is_flag=True, help="Refine masks with a dense-CRF approximation (slow).")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", *BACKEND_NAMES]),
+    default="auto",
+    show_default=True,
+    help="Inference backend; auto: the best this machine runs.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="Precision to run; auto: the best this machine runs.",
+)
+@click.option(
+    "--resize",
+    "resize_mode",
+    type=click.Choice(["fixed", "keep-aspect", "native"]),
+    default="fixed",
+    show_default=True,
+    help="fixed: the export size; keep-aspect: scale and pad; native: pad only.",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per inference."
+)
+@click.option(
+    "--color",
+    type=click.Choice(["rgb", "bgr"]),
+    help="Colour order of camera frames [the camera library's].",
+)
+@threads_option("CPU threads for ONNX Runtime.")
+@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
+@force_option("Replace an existing output.")
+@json_option("Print a JSON summary on stdout.")
+def run(
+    artifacts: Path,
+    source: str,
+    output: Path,
+    overlay: bool,
+    tta: bool,
+    crf: bool,
+    backend: str,
+    precision: str,
+    resize_mode: str,
+    batch: int,
+    color: str | None,
+    threads: int | None,
+    device: int,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Segment an image, a folder, a video or a camera with an artifact; masks at the input's size."""
+    from segexport.runtime.pipeline import run_media
+    from segexport.runtime.segmenter import TTA, Segmenter
+
+    refine = "crf" if crf else None
+    segmenter = Segmenter.load(
+        artifacts,
+        backend,
+        precision,
+        device,
+        threads,
+        resize=resize_mode,
+        tta=TTA() if tta else None,
+        refine=refine,
+    )
+    with segmenter:
+        progress(segmenter.describe())
+        summary = run_media(segmenter, source, output, overlay, force, batch, color, progress=_frame_progress)
+    click.echo("", err=True)
+    if as_json:
+        echo_json({"ok": True, **summary.to_dict()})
+    else:
+        click.echo(
+            f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps) on "
+            f"{summary.backend} {summary.precision}; wrote {summary.output}"
+        )
+
+
+def _frame_progress(done: int, total: int | None, fps: float) -> None:
+    """A progress bar on a terminal; a line every 50 frames (and at the end) in logs."""
+    tty = sys.stderr.isatty()
+    if not (tty or done == total or done % 50 == 0):
+        return
+    if total:
+        filled = 30 * done // total
+        text = f"  [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} frames, {fps:.1f} fps"
+    else:
+        text = f"  {done} frames, {fps:.1f} fps"
+    click.echo(text + ("\r" if tty else "\n"), err=True, nl=False)
