@@ -650,7 +650,7 @@ def ensemble_configs(
 
 
 def _python_model(version: Path, source: str) -> None:
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     shutil.copyfile(package / "triton_models" / source, version / MODEL_FILES["python"])
     vendor_runtime(version)
 
@@ -663,7 +663,7 @@ def vendor_runtime(directory: Path) -> None:
     files put this copy first on sys.path. The copy imports numpy, Pillow (the resize) and
     segexport.errors only; the package `__init__`s are left empty so nothing else is pulled in.
     """
-    segexport_dir = Path(__file__).resolve().parents[1]
+    segexport_dir = Path(__file__).resolve().parents[2]
     for relative in _VENDORED:
         target = directory / "segexport" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
