@@ -28,7 +28,7 @@ from segexport.bench import (
     parse_formats,
     run_bench,
 )
-from segexport.bench_report import format_report, write_plot
+from segexport.bench.report import format_report, write_plot
 from segexport.build import BuildOptions, BuildRequest, build_artifact
 from segexport.cli import main
 from segexport.report import json_safe

@@ -25,7 +25,6 @@ from segexport.quantize import QuantizeRequest, quantize_artifact
 from segexport.runtime import open_artifact, preprocess, resize
 from segexport.runtime.artifacts import describe_files, read_manifest, sha256_file, write_json_atomic
 from segexport.runtime.geometry import logits_to_mask
-from segexport.serving import triton
 from segexport.serving.triton import (
     ORT_TENSORRT_KEYS,
     TritonRequest,
@@ -35,6 +34,7 @@ from segexport.serving.triton import (
     render_config,
     write_repository,
 )
+from segexport.serving.triton import repository as triton_repository
 from tests.triton import fake_pb_utils
 from tests.triton.fake_pb_utils import InferenceRequest, Tensor
 
@@ -330,7 +330,7 @@ def test_a_failure_while_writing_leaves_the_repository_as_it_was(
     def fail(_version: Path, _source: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(triton, "_python_model", fail)
+    monkeypatch.setattr(triton_repository, "_python_model", fail)
     with pytest.raises(OSError, match="disk full"):
         write(artifact, tmp_path, name="seg", ensemble=True, max_batch=2, force=True)
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}

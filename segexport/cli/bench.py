@@ -72,7 +72,7 @@ def bench(
 ) -> None:
     """One table of every format and backend: status, size, latency percentiles, FPS, memory, mIoU."""
     from segexport.bench import BenchRequest, check_request, parse_batches, run_bench
-    from segexport.bench_report import check_outputs, format_report, write_plot, write_report
+    from segexport.bench.report import check_outputs, format_report, write_plot, write_report
     from segexport.report import json_safe
 
     request = BenchRequest(**params, batches=None if batches is None else parse_batches(batches))

@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from segexport.bench import PYTORCH, BenchResult, Row
+from segexport.bench.options import PYTORCH
+from segexport.bench.rows import Row
+from segexport.bench.run import BenchResult
 from segexport.errors import SegexportError
 from segexport.runtime.artifacts import atomic_write, check_writable_directory
 
