@@ -210,7 +210,7 @@ def _default_weights(model: str) -> str | None:
 
 def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, Any], str]:
     """The artifact directory, its manifest and the verified ONNX to build from, making them if missing."""
-    from segexport.export import artifact_directory
+    from segexport.prerequisites import artifact_directory
     from segexport.quantize import QuantizeRequest, quantize_artifact
 
     options = request.options

@@ -29,7 +29,8 @@ from segexport import precision, readiness, sensitivity
 from segexport.compare import OutputStats, Tolerance
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, evaluation_images
 from segexport.errors import SegexportError
-from segexport.export import MASK_OUTPUT, artifact_directory
+from segexport.export import MASK_OUTPUT
+from segexport.prerequisites import artifact_directory
 from segexport.reference import TorchRunner, data_size, reference_model
 from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess_for, resize
 from segexport.runtime.artifacts import (

@@ -25,8 +25,9 @@ from segexport.compare import (
 )
 from segexport.data import EvalBatch, EvaluationImages, evaluation_images
 from segexport.errors import SegexportError, first_line
-from segexport.export import artifact_directory, retrace
+from segexport.export import retrace
 from segexport.localize import Localization, localize, module_scopes
+from segexport.prerequisites import artifact_directory
 from segexport.reference import TorchRunner, data_size, reference_model, verify_runners
 from segexport.report import ArtifactResult, ParityReport, WorstImage, write_reports
 from segexport.runtime import Runner, open_runner

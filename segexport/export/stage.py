@@ -1,0 +1,251 @@
+"""The `onnx` stage: build the model, trace, simplify, verify against PyTorch, write the manifest.
+
+Nothing is trusted on faith: the artifact is run at the export shape and at others
+(batch > 1, another aspect ratio) and compared with PyTorch; a failure leaves nothing behind.
+Planning is `segexport.export.plan`, tracing `.trace`, graph edits `.graph`.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from segexport import __version__, readiness
+from segexport.compare import VerificationReport
+from segexport.errors import VerificationError
+from segexport.export.graph import MASK_OUTPUT, MASK_TYPES, add_mask_head, declared_shapes, simplify
+from segexport.export.plan import ExportPlan, ExportRequest, plan_export
+from segexport.export.trace import trace_to_onnx
+from segexport.importers import Preprocessing, build_imported
+from segexport.reference import TorchRunner, verify_runners
+from segexport.runtime import OnnxRuntimeRunner, Runner
+from segexport.runtime.artifacts import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    describe_files,
+    sha256_file,
+    staged_directory,
+    write_json_atomic,
+)
+from segexport.weights import load_weights
+from segexport.zoo.registry import ModelSpec, create_model
+
+Progress = Callable[[str], None]
+
+MODEL_FILE = "model.onnx"
+
+
+class _WithMask:
+    """The PyTorch reference with the head's outputs: `mask` is torch's argmax over classes."""
+
+    def __init__(self, reference: Runner, logits: str, head: str, mask_dtype: str) -> None:
+        self._reference = reference
+        self._logits, self._head = logits, head
+        self._dtype = MASK_TYPES[mask_dtype][1]
+        self.name = reference.name
+
+    @property
+    def output_names(self) -> list[str]:
+        kept = [n for n in self._reference.output_names if not (self._head == "mask" and n == self._logits)]
+        return [*kept, MASK_OUTPUT]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._reference.infer(feeds)
+        outputs[MASK_OUTPUT] = outputs[self._logits].argmax(axis=1).astype(self._dtype)
+        return {name: outputs[name] for name in self.output_names}
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxsim
+
+    return {
+        "segexport": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+        "numpy": np.__version__,
+    }
+
+
+def build_model(plan: ExportPlan) -> nn.Module:
+    if plan.imported is not None:
+        return build_imported(plan.imported, plan.options, plan.num_classes)
+    model = create_model(plan.spec.name, num_classes=plan.num_classes, **plan.options)
+    if plan.weights is not None:
+        load_weights(model, plan.weights.path)
+    return model.eval()
+
+
+def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dict[str, Any]:
+    """Export, simplify and verify one model; returns the manifest written beside it.
+
+    Raises VerificationError (and leaves nothing behind) when any shape exceeds the
+    tolerance.
+    """
+    say = progress or (lambda _message: None)
+    plan = plan_export(request)
+    spec = plan.spec
+    started = time.perf_counter()
+    with staged_directory(plan.out_dir, request.force, artifacts_only=True) as staging:
+        say(f"[1/4] building {spec.name} ({plan.num_classes} classes)")
+        model = build_model(plan)
+        source_check = None
+        if plan.imported is not None:
+            from segexport.importers.check import check_import, describe_check
+
+            say(f"      checking the {plan.imported.format} import")
+            assert plan.export_shape.height and plan.export_shape.width
+            size = (plan.export_shape.height, plan.export_shape.width)
+            source_check = check_import(plan.imported, model, size, request.tolerance)
+            say(f"      {describe_check(source_check)}")
+        say(f"[2/4] exporting to ONNX (opset {request.opset}, {plan.dynamic_range.describe()})")
+        traced_at = time.perf_counter()
+        raw = trace_to_onnx(model, plan, request.opset)
+        export_seconds = time.perf_counter() - traced_at
+        say("[3/4] simplifying with onnxsim")
+        simplified_at = time.perf_counter()
+        proto, simplify_note = simplify(raw)
+        simplify_seconds = time.perf_counter() - simplified_at
+        logits = spec.logits_outputs[0] if spec.logits_outputs else ""
+        proto = add_mask_head(proto, logits, request.head, request.mask_dtype)
+        model_path = staging / MODEL_FILE
+        onnx.save(proto, str(model_path))
+        say(f"[4/4] verifying against PyTorch at {len(plan.verify_shapes)} shapes")
+        verified_at = time.perf_counter()
+        reference: Runner = TorchRunner(model, spec.output_names, request.threads)
+        if request.head != "logits":
+            reference = _WithMask(reference, logits, request.head, request.mask_dtype)
+        report = verify_runners(
+            spec,
+            plan.num_classes,
+            reference,
+            OnnxRuntimeRunner(model_path, threads=request.threads),
+            plan.verify_shapes,
+            request.tolerance,
+            progress=lambda message: say(f"      {message}"),
+        )
+        verify_seconds = time.perf_counter() - verified_at
+        manifest = _manifest(
+            plan,
+            request,
+            proto,
+            raw,
+            simplify_note,
+            report,
+            {
+                "export": round(export_seconds, 2),
+                "simplify": round(simplify_seconds, 2),
+                "verify": round(verify_seconds, 2),
+                "total": round(time.perf_counter() - started, 2),
+            },
+            source_check,
+        )
+        if not report.passed:
+            raise VerificationError(
+                f"{spec.name}: ONNX output differs from PyTorch; no artifact written. "
+                + " | ".join(report.failures()[:3])
+            )
+        manifest["files"] = describe_files(staging, [MODEL_FILE])
+        manifest["trt_readiness"] = readiness.check_artifacts(staging, "all", manifest)
+        for line in readiness.summary_lines(manifest["trt_readiness"]):
+            say(line)
+        write_json_atomic(staging / MANIFEST, manifest)
+    return manifest
+
+
+def _head_record(request: ExportRequest, spec: ModelSpec) -> dict[str, Any]:
+    """What a runtime needs to use the head: which output holds ids, and how masks resize."""
+    if request.head == "logits":
+        return {"kind": "logits", "mask": None}
+    return {
+        "kind": request.head,
+        "mask": {
+            "output": MASK_OUTPUT,
+            "dtype": request.mask_dtype,
+            "argmax_of": spec.logits_outputs[0],
+            "axis": 1,
+            # Ids cannot be interpolated: a runtime resizing to the input's size uses nearest.
+            "resize": "nearest",
+        },
+    }
+
+
+def _manifest(
+    plan: ExportPlan,
+    request: ExportRequest,
+    proto: onnx.ModelProto,
+    raw: onnx.ModelProto,
+    simplify_note: str | None,
+    report: VerificationReport,
+    seconds: dict[str, float],
+    source_check: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    spec = plan.spec
+    dynamic = plan.dynamic_range
+    axes: dict[str, list[int]] = {spec.batch_axis: [dynamic.min_batch, dynamic.max_batch]}
+    if dynamic.min_size and dynamic.max_size:
+        axes["height"] = [dynamic.min_size[0], dynamic.max_size[0]]
+        axes["width"] = [dynamic.min_size[1], dynamic.max_size[1]]
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {
+            "name": spec.name,
+            "family": spec.family,
+            "description": spec.description,
+            "options": plan.options,
+            "num_classes": plan.num_classes,
+            "class_names": list(plan.class_names),
+            "weights": _weights_record(plan),
+            "trained": plan.weights.record if plan.weights and plan.weights.record else None,
+        },
+        "inputs": declared_shapes(proto.graph.input),
+        "outputs": declared_shapes(proto.graph.output),
+        "dynamic_axes": axes,
+        "export_shape": str(plan.export_shape),
+        "onnx": {
+            "opset": request.opset,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "simplified": simplify_note is None,
+            "simplify_note": simplify_note,
+            "nodes_before_simplify": len(raw.graph.node),
+            "nodes": len(proto.graph.node),
+        },
+        "versions": versions(),
+        "seconds": seconds,
+        "verification": {"fp32": report.to_dict()},
+        "head": _head_record(request, spec),
+    }
+    if plan.imported is not None:
+        manifest["source"] = {**plan.imported.record(), "check": source_check}
+    if spec.input_kind == "image":
+        prep = plan.preprocessing or Preprocessing(spec.mean, spec.std)
+        manifest["size_rule"] = {"divisible_by": spec.stride}
+        manifest["preprocessing"] = {
+            "color_order": "RGB",
+            "layout": "NCHW",
+            "scale": prep.scale,
+            "mean": list(prep.mean),
+            "std": list(prep.std),
+            "formula": "(pixel * scale - mean) / std",
+        }
+    return manifest
+
+
+def _weights_record(plan: ExportPlan) -> dict[str, Any] | None:
+    """What `reference_model` needs to rebuild the PyTorch model, the checksum included."""
+    if plan.imported is not None:
+        imported = plan.imported
+        return {"path": str(imported.path.resolve()), "sha256": imported.sha256(), "format": imported.format}
+    if plan.weights is not None:
+        return {"path": str(plan.weights.path.resolve()), "sha256": sha256_file(plan.weights.path)}
+    return None
