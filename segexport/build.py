@@ -28,9 +28,9 @@ from segexport.runtime.artifacts import (
     record_files,
     vouched_path,
 )
-from segexport.runtime.engine import (
+from segexport.runtime.engine import TensorRTRunner
+from segexport.runtime.engine_records import (
     GpuIdentity,
-    TensorRTRunner,
     current_gpu,
     profile_problem,
     require_tensorrt,

@@ -14,7 +14,7 @@ from typing import Any
 from segexport import __version__
 from segexport.errors import SegexportError
 from segexport.runtime.cuda import Cuda, import_cudart
-from segexport.runtime.engine import current_gpu, tensorrt_unavailable_reason
+from segexport.runtime.engine_records import current_gpu, tensorrt_unavailable_reason
 from segexport.runtime.ort_gpu import CUDA, TENSORRT, gpu_providers
 
 

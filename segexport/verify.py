@@ -32,7 +32,7 @@ from segexport.reference import TorchRunner, data_size, reference_model, verify_
 from segexport.report import ArtifactResult, ParityReport, WorstImage, write_reports
 from segexport.runtime import Runner, open_runner
 from segexport.runtime.artifacts import check_writable_directory, read_manifest, vouched_bytes, vouched_path
-from segexport.runtime.engine import tensorrt_unavailable_reason
+from segexport.runtime.engine_records import tensorrt_unavailable_reason
 from segexport.runtime.files import FP32_ONNX, judged_precision
 from segexport.shapes import DynamicRange, InputShape
 from segexport.zoo.registry import ModelSpec, get_spec

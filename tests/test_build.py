@@ -22,7 +22,12 @@ from segexport.build import (
 )
 from segexport.errors import SegexportError
 from segexport.runtime import engine
-from segexport.runtime.engine import GpuIdentity, compatibility_problem, profile_problem, read_vouched_engine
+from segexport.runtime.engine_records import (
+    GpuIdentity,
+    compatibility_problem,
+    profile_problem,
+    read_vouched_engine,
+)
 from segexport.shapes import InputShape
 from tests.clitools import assert_one_line_error, run
 from tests.manifests import write_manifest

@@ -23,6 +23,7 @@ from segexport.errors import SegexportError
 from segexport.runtime import engine
 from segexport.runtime.cuda import Cuda, CudaError
 from segexport.runtime.engine import TensorRTRunner
+from segexport.runtime.engine_records import tensorrt_unavailable_reason
 from tests.emulator import engine_bytes, install
 from tests.emulator.models import MODELS, PROFILE, RECORD, EngineModel, frame
 
@@ -101,7 +102,7 @@ def _real_cuda() -> Any:
 
 
 def _tensorrt_engine(tmp_path: Path) -> Callable[[EngineModel], bytes]:
-    reason = engine.tensorrt_unavailable_reason()
+    reason = tensorrt_unavailable_reason()
     if reason:
         pytest.skip(f"needs TensorRT: {reason}")
     from segexport.build import BuildOptions, build_engine

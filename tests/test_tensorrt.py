@@ -18,7 +18,8 @@ from segexport.doctor import cuda_report
 from segexport.errors import SegexportError
 from segexport.export import ExportRequest, export_onnx
 from segexport.runtime import OnnxRuntimeRunner
-from segexport.runtime.engine import open_engine_runner, tensorrt_unavailable_reason
+from segexport.runtime.engine import open_engine_runner
+from segexport.runtime.engine_records import tensorrt_unavailable_reason
 from segexport.runtime.files import engine_file_name
 
 

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from segexport.runtime import engine  # noqa: E402
 from segexport.runtime.engine import TensorRTRunner  # noqa: E402
+from segexport.runtime.engine_records import tensorrt_unavailable_reason  # noqa: E402
 
 CLASSES = 19
 
@@ -265,7 +266,7 @@ def available_backends() -> tuple[list[str], list[str]]:
         status, count = runtime.cudaGetDeviceCount()
         if int(status) == 0 and count:
             runner_kinds.append("cuda")
-            if engine.tensorrt_unavailable_reason() is None:
+            if tensorrt_unavailable_reason() is None:
                 runner_kinds.append("tensorrt")
                 mask_kinds.append("tensorrt")
     except ImportError:

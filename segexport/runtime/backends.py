@@ -40,7 +40,7 @@ class Backend:
 
 
 def _tensorrt_unavailable() -> str | None:
-    from segexport.runtime.engine import tensorrt_unavailable_reason
+    from segexport.runtime.engine_records import tensorrt_unavailable_reason
 
     return tensorrt_unavailable_reason()
 
@@ -87,7 +87,7 @@ def _open_ort_cuda(
 def _open_ort_tensorrt(
     directory: Path, file_name: str, manifest: dict[str, Any], device: int, threads: int | None
 ) -> Runner:
-    from segexport.runtime.engine import current_gpu
+    from segexport.runtime.engine_records import current_gpu
     from segexport.runtime.ort_gpu import OrtTensorRTRunner  # refuses a silent CPU fallback
 
     try:  # the engine cache is keyed by the GPU model; without cuda-python, by the device index

@@ -28,7 +28,8 @@ from segexport.runtime.media import (
     save_rgb,
 )
 from segexport.runtime.preprocessing import read_rgb
-from segexport.runtime.segmenter import Segmenter, StreamItem
+from segexport.runtime.segmenter import Segmenter
+from segexport.runtime.stream import StreamItem
 
 # done, total (None: unknown), frames per second so far
 Progress = Callable[[int, "int | None", float], None]
