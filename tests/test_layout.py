@@ -155,3 +155,28 @@ def test_the_stage_order_rule_catches_an_upward_import() -> None:
         "segexport.compare (a shared part) imports segexport.quantize, a stage above it",
         "segexport.quantize (a stage) imports segexport.build, a stage above it",
     ]
+
+
+MAX_MODULE_LINES = 500
+MAX_COMMAND_LINES = 60
+
+
+def test_modules_stay_small() -> None:
+    """One room per concern: no module of the package over 500 lines (the TensorRT rules are
+    JSON data, not modules)."""
+    sizes = {
+        str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")
+    }
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_command_functions_stay_thin() -> None:
+    """The CLI is a thin layer: no function in segexport/cli/ over 60 lines (decorators aside)."""
+    long = []
+    for path in (PACKAGE / "cli").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_COMMAND_LINES:
+                    long.append(f"{path.name}:{node.name} ({length} lines)")
+    assert long == []
