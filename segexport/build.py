@@ -40,6 +40,7 @@ from segexport.runtime.files import ENGINE_PRECISIONS, FP32_ONNX, engine_file_na
 from segexport.shapes import InputShape
 from segexport.weights import has_demo_checkpoint
 from segexport.zoo import get_spec
+from segexport.reference import spec_for
 
 Progress = Callable[[str], None]
 
@@ -398,7 +399,7 @@ def check_engine(
     try:
         say("checking the engine against ONNX Runtime on its source ONNX")
         vs_onnx = verify_runners(
-            get_spec(manifest["model"]["name"]),
+            spec_for(manifest),
             int(manifest["model"]["num_classes"]),
             OnnxRuntimeRunner(source, threads=threads),
             engine,

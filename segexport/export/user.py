@@ -20,6 +20,7 @@ from segexport.export.plan import DEFAULT_OPSET, ExportRequest
 from segexport.export.stage import export_onnx
 from segexport.importers import Preprocessing
 from segexport.sources import ScoresAdapter, probe_module
+from segexport.sources.factory import state_digest
 from segexport.zoo.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 SIZE_RANGE = ((64, 64), (1024, 1024))  # the default declared range, widened to hold the export size
@@ -132,6 +133,7 @@ def export(
         "probe": probe.record(),
         "classes_from": origin,
         "normalisation_assumed": assumed,
+        "state_sha256": state_digest(model),
         **(source or {}),
     }
     request = ExportRequest(

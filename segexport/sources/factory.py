@@ -93,3 +93,14 @@ def load_user_weights(model: nn.Module, path: Path) -> str:
         raise SegexportError(f"--weights {path} do not fit the module: {str(error).splitlines()[0]}") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return digest
+
+
+def state_digest(model: nn.Module) -> str:
+    """sha256 over the module's parameters and buffers (names, shapes, bytes): whether a rebuilt
+    module is the one that was exported, random initialisation included."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{list(data.shape)};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
