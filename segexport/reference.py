@@ -81,13 +81,16 @@ def reference_runner(
     at export) stands in; otherwise that case is refused saying what is needed.
     """
     kind = source_kind(manifest)
-    if kind == "onnx" or (kind == "python" and module is None and onnx_fallback and not _rebuildable(manifest)):
-        if directory is None:
-            raise SegexportError("the FP32 ONNX reference needs the artifact directory")
-        return open_onnx_runner(directory, FP32_ONNX, manifest, threads)
+    if kind == "onnx":
+        return _onnx_reference(manifest, directory, threads)
     spec = spec_for(manifest)
     if kind == "python":
-        model = module if module is not None else _python_reference(manifest, weights)
+        try:
+            model = module if module is not None else _python_reference(manifest, weights)
+        except SegexportError:
+            if not onnx_fallback or directory is None:
+                raise
+            return _onnx_reference(manifest, directory, threads)  # verified against the module at export
         recorded = manifest["source"].get("state_sha256")
         if module is not None and recorded and state_digest(module) != recorded:
             raise SegexportError("the module passed in has other weights than the one this artifact was exported from")
@@ -98,10 +101,10 @@ def reference_runner(
     return TorchRunner(reference_model(manifest, weights), spec.output_names, threads)
 
 
-def _rebuildable(manifest: dict[str, Any]) -> bool:
-    """A factory on record whose weights are pinned (a checkpoint, not a random initialisation)."""
-    source = manifest["source"]
-    return bool(source.get("factory") and source.get("weights"))
+def _onnx_reference(manifest: dict[str, Any], directory: Path | None, threads: int | None) -> Runner:
+    if directory is None:
+        raise SegexportError("the FP32 ONNX reference needs the artifact directory")
+    return open_onnx_runner(directory, FP32_ONNX, manifest, threads)
 
 
 def _python_reference(manifest: dict[str, Any], weights: str | Path | None) -> nn.Module:

@@ -102,5 +102,5 @@ def state_digest(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{list(data.shape)};".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
