@@ -18,7 +18,7 @@ from typing import Any, SupportsInt
 from segexport import readiness
 from segexport.compare import DEFAULT_TOLERANCES, Tolerance, VerificationReport
 from segexport.errors import SegexportError, UnavailableError, VerificationError
-from segexport.reference import data_size, verify_runners
+from segexport.reference import data_size, spec_for, verify_runners
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import (
     atomic_write,
@@ -40,7 +40,6 @@ from segexport.runtime.files import ENGINE_PRECISIONS, FP32_ONNX, engine_file_na
 from segexport.shapes import InputShape
 from segexport.weights import has_demo_checkpoint
 from segexport.zoo import get_spec
-from segexport.reference import spec_for
 
 Progress = Callable[[str], None]
 

@@ -184,7 +184,11 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     begin_stage(directory, manifest, writes, "quantize writes its models there")
     fp32_bytes = vouched_bytes(directory, FP32_ONNX, manifest)
     spec = spec_for(manifest)
-    if source_kind(manifest) in FOREIGN_SOURCES and (request.int8 or request.int8_cpu) and request.calib == "synthetic":
+    if (
+        source_kind(manifest) in FOREIGN_SOURCES
+        and (request.int8 or request.int8_cpu)
+        and request.calib == "synthetic"
+    ):
         raise SegexportError(
             f"{spec.name}: INT8 calibration needs images like the ones the model will see: pass --calib DIR "
             "(a folder of images); segexport's synthetic scenes are only for its demo models"

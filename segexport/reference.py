@@ -60,8 +60,8 @@ def spec_for(manifest: dict[str, Any]) -> ModelSpec:
         min_size=(axes["height"][0], axes["width"][0]),
         max_size=(axes["height"][1], axes["width"][1]),
         max_batch=axes["batch"][1],
-        mean=tuple(prep["mean"]),  # type: ignore[arg-type]
-        std=tuple(prep["std"]),  # type: ignore[arg-type]
+        mean=tuple(prep["mean"]),
+        std=tuple(prep["std"]),
         logits_outputs=(scores,),
     )
 
@@ -93,7 +93,9 @@ def reference_runner(
             return _onnx_reference(manifest, directory, threads)  # verified against the module at export
         recorded = manifest["source"].get("state_sha256")
         if module is not None and recorded and state_digest(module) != recorded:
-            raise SegexportError("the module passed in has other weights than the one this artifact was exported from")
+            raise SegexportError(
+                "the module passed in has other weights than the one this artifact was exported from"
+            )
         choice = OutputChoice.from_record(manifest["source"]["probe"]["output"])
         runner = TorchRunner(ScoresAdapter(model, choice), spec.output_names, threads)
         runner.name = f"pytorch:{type(model).__name__}"
@@ -121,7 +123,9 @@ def _python_reference(manifest: dict[str, Any], weights: str | Path | None) -> n
     if recorded:
         path = Path(weights if weights is not None else recorded["path"])
         if not path.is_file() or sha256_file(path) != recorded["sha256"]:
-            raise SegexportError(f"{path}: the weights this artifact was exported from are missing or changed")
+            raise SegexportError(
+                f"{path}: the weights this artifact was exported from are missing or changed"
+            )
         load_user_weights(model, path)
     if source.get("state_sha256") and state_digest(model) != source["state_sha256"]:
         raise SegexportError(

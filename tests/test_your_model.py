@@ -53,7 +53,13 @@ def test_a_module_goes_through_every_stage(tmp_path: Path, upsample: str) -> Non
     model = Quarter()
     out = tmp_path / "art"
     manifest = segexport.export(  # type: ignore[operator]
-        model, size=(64, 64), classes=["a", "b", "c"], mean=(0.5,) * 3, std=(0.25,) * 3, out=out, upsample=upsample
+        model,
+        size=(64, 64),
+        classes=["a", "b", "c"],
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        out=out,
+        upsample=upsample,
     )
     probe = manifest["source"]["probe"]
     assert manifest["source"]["kind"] == "python" and manifest["source"]["class"].endswith("Quarter")
@@ -65,13 +71,17 @@ def test_a_module_goes_through_every_stage(tmp_path: Path, upsample: str) -> Non
     with pytest.raises(SegexportError, match="INT8 calibration needs images"):
         quantize_artifact(QuantizeRequest(artifacts=out, fp16=False, int8_cpu=True, int8=False))
     quantize_artifact(QuantizeRequest(artifacts=out, int8_cpu=True, calib=str(calib_dir(tmp_path))))
-    assert {"model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"} <= set(json.loads((out / "manifest.json").read_text())["files"])
+    assert {"model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"} <= set(
+        json.loads((out / "manifest.json").read_text())["files"]
+    )
     with Segmenter.load(out) as segmenter:
         mask = segmenter(np.zeros((37, 51, 3), np.uint8), color="rgb")
     assert np.asarray(mask).shape == (37, 51)
     with pytest.raises(SegexportError, match="pass the module"):
         verify_artifacts(VerifyRequest(artifacts=out, data="random", limit=1))
-    report = verify_artifacts(VerifyRequest(artifacts=out, data="random", limit=1, precision="fp32", module=model))
+    report = verify_artifacts(
+        VerifyRequest(artifacts=out, data="random", limit=1, precision="fp32", module=model)
+    )
     assert report.passed
 
 
@@ -87,8 +97,9 @@ def test_the_zoos_panoptic_fpn_runs_in_segmenter(tmp_path: Path) -> None:
 
 def test_the_example_factory_exports_from_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "mine"
-    code, _, err = run("onnx", "--model", f"{ROOT}/examples/my_model.py:build", "--size", "64x64",
-                       "--model-arg", "num_classes=3", "--classes", "sky,road,car", "--out", str(out))  # fmt: skip
+    factory = f"{ROOT}/examples/my_model.py:build"
+    code, _, err = run("onnx", "--model", factory, "--size", "64x64", "--model-arg", "num_classes=3",
+                       "--classes", "sky,road,car", "--out", str(out))  # fmt: skip
     assert code == 0, err
     source = json.loads((out / "manifest.json").read_text())["source"]
     assert source["factory"].endswith("my_model.py:build") and source["arguments"] == {"num_classes": 3}
@@ -101,7 +112,14 @@ def test_a_foreign_onnx_is_adopted_quantized_and_run(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1)).eval()
     path = tmp_path / "theirs.onnx"
     with pytest.warns(DeprecationWarning):
-        torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), dynamo=False, input_names=["x"], output_names=["scores"])
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 64, 64),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["scores"],
+        )
     out = tmp_path / "adopted"
     code, _, err = run("onnx", "--from-onnx", str(path), "--classes", "a,b,c", "--out", str(out))
     assert code == 0, err
@@ -124,9 +142,15 @@ def _factory_file(tmp_path: Path, body: str) -> str:
 
 
 BAD_FACTORIES = {
-    "raises": ("def build():\n    raise ValueError('no such backbone')\n", "the factory raised ValueError: no such backbone"),
+    "raises": (
+        "def build():\n    raise ValueError('no such backbone')\n",
+        "the factory raised ValueError: no such backbone",
+    ),
     "non-module": ("def build():\n    return 42\n", "returned a int, not an nn.Module"),
-    "missing argument": ("def build(depth):\n    return nn.Conv2d(3, 2, 1)\n", "missing 1 required positional argument"),
+    "missing argument": (
+        "def build(depth):\n    return nn.Conv2d(3, 2, 1)\n",
+        "missing 1 required positional argument",
+    ),
     "forward fails": (
         "class M(nn.Module):\n    def forward(self, x):\n        return x.view(7, -1)\n"
         "def build():\n    return M()\n",
@@ -161,7 +185,10 @@ def test_a_bad_factory_is_one_line_and_writes_nothing(tmp_path: Path, case: str)
 
 @pytest.mark.parametrize(
     ("target", "pattern"),
-    [("notes.txt:build", "is not a .py file"), ("no_such_pkg_i24.mod:build", "cannot import no_such_pkg_i24.mod")],
+    [
+        ("notes.txt:build", "is not a .py file"),
+        ("no_such_pkg_i24.mod:build", "cannot import no_such_pkg_i24.mod"),
+    ],
 )
 def test_a_factory_that_is_not_python_is_refused(tmp_path: Path, target: str, pattern: str) -> None:
     (tmp_path / "notes.txt").write_text("hello")
@@ -173,7 +200,9 @@ def test_a_factory_that_is_not_python_is_refused(tmp_path: Path, target: str, pa
 
 def _graph(inputs: list[onnx.ValueInfoProto], nodes: list[onnx.NodeProto], path: Path) -> Path:
     out = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
-    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", inputs, [out]), opset_imports=[onnx.helper.make_opsetid("", 18)])
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "g", inputs, [out]), opset_imports=[onnx.helper.make_opsetid("", 18)]
+    )
     onnx.save(model, str(path))
     return path
 
@@ -183,10 +212,26 @@ def _image(name: str, elem: int = onnx.TensorProto.FLOAT, channels: int | str = 
 
 
 BAD_ONNX = {
-    "two image inputs": (lambda: [_image("a"), _image("b")], [onnx.helper.make_node("Add", ["a", "b"], ["y"])], "expected one image input, found 2"),
-    "dynamic channels": (lambda: [_image("a", channels="c")], [onnx.helper.make_node("Relu", ["a"], ["y"])], "expected [N, 3, H, W]"),
-    "integer input": (lambda: [_image("a", onnx.TensorProto.INT64)], [onnx.helper.make_node("Relu", ["a"], ["y"])], "is INT64, expected float32"),
-    "unknown op": (lambda: [_image("a")], [onnx.helper.make_node("NoSuchOp", ["a"], ["y"], domain="i24.custom")], "ONNX Runtime cannot run it"),
+    "two image inputs": (
+        lambda: [_image("a"), _image("b")],
+        [onnx.helper.make_node("Add", ["a", "b"], ["y"])],
+        "expected one image input, found 2",
+    ),
+    "dynamic channels": (
+        lambda: [_image("a", channels="c")],
+        [onnx.helper.make_node("Relu", ["a"], ["y"])],
+        "expected [N, 3, H, W]",
+    ),
+    "integer input": (
+        lambda: [_image("a", onnx.TensorProto.INT64)],
+        [onnx.helper.make_node("Relu", ["a"], ["y"])],
+        "is INT64, expected float32",
+    ),
+    "unknown op": (
+        lambda: [_image("a")],
+        [onnx.helper.make_node("NoSuchOp", ["a"], ["y"], domain="i24.custom")],
+        "ONNX Runtime cannot run it",
+    ),
 }
 
 

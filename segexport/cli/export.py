@@ -101,12 +101,26 @@ def _triple(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     type=click.Choice(["bilinear", "none"]),
     default="bilinear",
     show_default=True,
-    help="Your model's lower-resolution scores: resized to the input in the graph, or kept (the runtime resizes).",
+    help="Your model's lower-resolution scores: resized to the input in the graph, "
+    "or kept (the runtime resizes).",
 )
-@click.option("--stride", type=POSITIVE, help="Your model's size rule: H and W multiples of it [default: probed].")
-@click.option("--classes", help="Your model's class names, comma-separated [default: the config's, else class_0..].")
-@click.option("--mean", callback=_triple, help="Your model's normalisation mean, 0..1 scale, e.g. 0.485,0.456,0.406 [default: ImageNet's, recorded as assumed].")
-@click.option("--std", callback=_triple, help="Your model's normalisation std, 0..1 scale [default: ImageNet's, recorded as assumed].")
+@click.option(
+    "--stride", type=POSITIVE, help="Your model's size rule: H and W multiples of it [default: probed]."
+)
+@click.option(
+    "--classes", help="Your model's class names, comma-separated [default: the config's, else class_0..]."
+)
+@click.option(
+    "--mean",
+    callback=_triple,
+    help="Your model's normalisation mean, 0..1 scale, e.g. 0.485,0.456,0.406 "
+    "[default: ImageNet's, recorded as assumed].",
+)
+@click.option(
+    "--std",
+    callback=_triple,
+    help="Your model's normalisation std, 0..1 scale [default: ImageNet's, recorded as assumed].",
+)
 @json_option("Print a JSON summary on stdout.")
 def onnx(as_json: bool, max_rel_l2: float, **params: Any) -> None:
     """Export a model to ONNX with dynamic axes, simplify it, and verify it against PyTorch.
@@ -119,13 +133,19 @@ def onnx(as_json: bool, max_rel_l2: float, **params: Any) -> None:
     from segexport.export import ExportRequest, export_onnx
     from segexport.sources.factory import is_factory
 
-    own = {k: params.pop(k) for k in ("from_onnx", "output_key", "upsample", "stride", "classes", "mean", "std")}
+    own = {
+        k: params.pop(k) for k in ("from_onnx", "output_key", "upsample", "stride", "classes", "mean", "std")
+    }
     if own["from_onnx"] is not None or is_factory(params["model"]):
         manifest = _own_model(own, params, max_rel_l2)
     else:
-        given = [f"--{k.replace('_', '-')}" for k in ("output_key", "stride", "classes", "mean", "std") if own[k]]
+        given = [
+            f"--{k.replace('_', '-')}" for k in ("output_key", "stride", "classes", "mean", "std") if own[k]
+        ]
         if given:
-            raise click.UsageError(f"{given[0]} applies to your own model (--model FILE.py:FUNCTION or --from-onnx)")
+            raise click.UsageError(
+                f"{given[0]} applies to your own model (--model FILE.py:FUNCTION or --from-onnx)"
+            )
         request = ExportRequest(**params, tolerance=Tolerance(max_rel_l2=max_rel_l2))
         manifest = export_onnx(request, progress=progress)
     out = params["out_dir"] or Path("artifacts") / manifest["model"]["name"].replace(":", "-").lower()
@@ -150,9 +170,17 @@ def _own_model(own: dict[str, Any], params: dict[str, Any], max_rel_l2: float) -
         if params["model"] or params["weights"]:
             raise SegexportError("--from-onnx takes no --model or --weights: the ONNX file is the model")
         return adopt_onnx(
-            own["from_onnx"], classes=classes, mean=own["mean"], std=own["std"], output_key=own["output_key"],
-            size=params["size"], out_dir=params["out_dir"], force=params["force"], max_rel_l2=max_rel_l2,
-            threads=params["threads"], progress=progress,
+            own["from_onnx"],
+            classes=classes,
+            mean=own["mean"],
+            std=own["std"],
+            output_key=own["output_key"],
+            size=params["size"],
+            out_dir=params["out_dir"],
+            force=params["force"],
+            max_rel_l2=max_rel_l2,
+            threads=params["threads"],
+            progress=progress,
         )
     from segexport.export import export
     from segexport.sources.factory import build_from_factory, load_user_weights
@@ -166,12 +194,27 @@ def _own_model(own: dict[str, Any], params: dict[str, Any], max_rel_l2: float) -
         raise SegexportError("--model FILE.py:FUNCTION needs --size HxW (the size to export and probe at)")
     key = own["output_key"]
     return export(
-        module, size=params["size"], classes=classes, num_classes=params["num_classes"],
-        mean=own["mean"], std=own["std"], out=params["out_dir"], min_size=params["min_size"],
-        max_size=params["max_size"], max_batch=params["max_batch"] or 16, batch=params["batch"],
-        output=int(key) if key is not None and key.isdigit() else key, upsample=own["upsample"],
-        stride=own["stride"], opset=params["opset"], head=params["head"], max_rel_l2=max_rel_l2,
-        force=params["force"], threads=params["threads"], progress=progress, source=source,
+        module,
+        size=params["size"],
+        classes=classes,
+        num_classes=params["num_classes"],
+        mean=own["mean"],
+        std=own["std"],
+        out=params["out_dir"],
+        min_size=params["min_size"],
+        max_size=params["max_size"],
+        max_batch=params["max_batch"] or 16,
+        batch=params["batch"],
+        output=int(key) if key is not None and key.isdigit() else key,
+        upsample=own["upsample"],
+        stride=own["stride"],
+        opset=params["opset"],
+        head=params["head"],
+        max_rel_l2=max_rel_l2,
+        force=params["force"],
+        threads=params["threads"],
+        progress=progress,
+        source=source,
     )
 
 

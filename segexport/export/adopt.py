@@ -76,13 +76,16 @@ def _scores_output(proto: onnx.ModelProto, output_key: str | None, path: Path) -
         return output_key
     if len(outputs) == 1:
         return outputs[0].name
-    names = [o.name for o in outputs]
+    found = [o.name for o in outputs]
     for preferred in ("logits", "out"):
-        if preferred in names:
+        if preferred in found:
             return preferred
     if not outputs:
         raise SegexportError(f"--from-onnx {path}: no output has a class axis [B, K, H, W]")
-    raise SegexportError(f"--from-onnx {path}: several outputs could hold the class scores ({', '.join(names)}); pass --output-key")
+    raise SegexportError(
+        f"--from-onnx {path}: several outputs could hold the class scores ({', '.join(found)}); "
+        "pass --output-key"
+    )
 
 
 def _make_dynamic(proto: onnx.ModelProto, image: onnx.ValueInfoProto) -> None:
@@ -141,16 +144,22 @@ def adopt_onnx(
     try:
         OnnxRuntimeRunner(proto.SerializeToString(), threads=threads)
     except Exception as error:  # ops ONNX Runtime cannot run, a broken graph
-        raise SegexportError(f"--from-onnx {path}: ONNX Runtime cannot run it ({first_line(error)})") from None
+        raise SegexportError(
+            f"--from-onnx {path}: ONNX Runtime cannot run it ({first_line(error)})"
+        ) from None
     original_input = image.name
     _make_dynamic(proto, image)
     runner = OnnxRuntimeRunner(proto.SerializeToString(), threads=threads)
     at_size = _runs(runner, image.name, output, InputShape(1, *size))
     if at_size is None or size[0] % at_size[2] or size[0] // at_size[2] != size[1] // at_size[3]:
-        raise SegexportError(f"--from-onnx {path}: output {output} is {at_size} for a {size[0]}x{size[1]} input")
+        raise SegexportError(
+            f"--from-onnx {path}: output {output} is {at_size} for a {size[0]}x{size[1]} input"
+        )
     scale = size[0] // at_size[2]
     stride = _stride(runner, image.name, output, size, scale)
-    say(f"adopting {path.name}: scores {output} ({at_size[1]} classes, 1/{scale} resolution), stride {stride}")
+    say(
+        f"adopting {path.name}: scores {output} ({at_size[1]} classes, 1/{scale} resolution), stride {stride}"
+    )
     if stride is None:
         raise SegexportError(
             f"--from-onnx {path}: the graph answers only at {size[0]}x{size[1]} (sizes baked in at export); "
@@ -164,7 +173,7 @@ def adopt_onnx(
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     spec = ModelSpec(
         f"onnx:{path.stem}",
-        lambda **_: None,  # type: ignore[arg-type,return-value]
+        lambda **_: None,  # type: ignore[arg-type]
         "onnx",
         f"adopted from {path.name}",
         num_classes,
@@ -188,9 +197,17 @@ def adopt_onnx(
         "classes_from": "given" if classes else "numbered (none given)",
     }
     request = ExportRequest(
-        None, num_classes=num_classes, size=size, out_dir=out_dir, force=force, spec=spec,
-        tolerance=Tolerance(max_rel_l2=max_rel_l2), threads=threads, source=source,
-        class_names=names, preprocessing=prep,
+        None,
+        num_classes=num_classes,
+        size=size,
+        out_dir=out_dir,
+        force=force,
+        spec=spec,
+        tolerance=Tolerance(max_rel_l2=max_rel_l2),
+        threads=threads,
+        source=source,
+        class_names=names,
+        preprocessing=prep,
     )
     plan = plan_export(request)
     with staged_directory(plan.out_dir, force, artifacts_only=True) as staging:
@@ -199,21 +216,30 @@ def adopt_onnx(
         onnx.save(simplified, str(staging / MODEL_FILE))
         say(f"checking the simplified graph against the adopted one at {len(plan.verify_shapes)} shapes")
         report = verify_runners(
-            spec, num_classes, runner, OnnxRuntimeRunner(staging / MODEL_FILE, threads=threads),
-            plan.verify_shapes, request.tolerance, progress=lambda m: say(f"      {m}"),
+            spec,
+            num_classes,
+            runner,
+            OnnxRuntimeRunner(staging / MODEL_FILE, threads=threads),
+            plan.verify_shapes,
+            request.tolerance,
+            progress=lambda m: say(f"      {m}"),
         )
         seconds = {"total": round(time.perf_counter() - started, 2)}
         manifest = _manifest(plan, request, simplified, proto, note, report, seconds)
         manifest["onnx"]["exporter"] = f"adopted ({path.name})"
         if not report.passed:
-            raise VerificationError(f"{path}: does not run alike at every shape; " + " | ".join(report.failures()[:3]))
+            raise VerificationError(
+                f"{path}: does not run alike at every shape; " + " | ".join(report.failures()[:3])
+            )
         manifest["files"] = describe_files(staging, [MODEL_FILE])
         manifest["trt_readiness"] = readiness.check_artifacts(staging, "all", manifest)
         write_json_atomic(staging / "manifest.json", manifest)
     return manifest
 
 
-def _stride(runner: OnnxRuntimeRunner, name: str, output: str, size: tuple[int, int], scale: int) -> int | None:
+def _stride(
+    runner: OnnxRuntimeRunner, name: str, output: str, size: tuple[int, int], scale: int
+) -> int | None:
     """The smallest stride whose other sizes (and batch 2) run and keep output = input / scale."""
     for stride in STRIDES:
         if stride % scale or size[0] % stride or size[1] % stride:

@@ -40,7 +40,9 @@ def _class_names(
         names, origin = tuple(f"class_{i}" for i in range(num_classes)), "numbered (none given)"
     else:
         labels = getattr(getattr(model, "config", None), "id2label", None) or {}
-        ordered = [labels.get(i, labels.get(str(i))) for i in range(found)] if isinstance(labels, dict) else []
+        ordered = (
+            [labels.get(i, labels.get(str(i))) for i in range(found)] if isinstance(labels, dict) else []
+        )
         generic = all(isinstance(n, str) and n == f"LABEL_{i}" for i, n in enumerate(ordered))
         if len(labels) == found and all(isinstance(n, str) for n in ordered) and not generic:
             names, origin = tuple(str(n) for n in ordered), "the model's config (id2label)"
@@ -51,9 +53,7 @@ def _class_names(
     return names, origin
 
 
-def _normalisation(
-    mean: Sequence[float] | None, std: Sequence[float] | None
-) -> tuple[Preprocessing, bool]:
+def _normalisation(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[Preprocessing, bool]:
     """The user's mean/std (0..1 pixel scale), else ImageNet's, marked as assumed."""
     if (mean is None) != (std is None):
         raise SegexportError("give mean and std together (three numbers each, pixels scaled to 0..1)")

@@ -113,9 +113,9 @@ def validate_manifest(data: Any, source: Path) -> dict[str, Any]:
     if isinstance(head, dict) and head.get("scores") is not None:
         check.string(head["scores"], "head.scores")
     if "source" in manifest:
-        source = check.mapping(manifest["source"], "source")
-        if "kind" in source:
-            check.string(source["kind"], "source.kind")
+        origin = check.mapping(manifest["source"], "source")
+        if "kind" in origin:
+            check.string(origin["kind"], "source.kind")
     if "preprocessing" in manifest:
         _preprocessing(check, check.mapping(manifest["preprocessing"], "preprocessing"))
     for section in ("engines", "precisions", "verification", "onnx"):

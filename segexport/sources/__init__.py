@@ -9,4 +9,11 @@ learns its contract by running it (`probe_module`); `factory` imports a user's
 from segexport.sources.adapter import OutputChoice, Probe, ScoresAdapter, probe_module
 from segexport.sources.factory import build_from_factory, load_user_weights
 
-__all__ = ["OutputChoice", "Probe", "ScoresAdapter", "build_from_factory", "load_user_weights", "probe_module"]
+__all__ = [
+    "OutputChoice",
+    "Probe",
+    "ScoresAdapter",
+    "build_from_factory",
+    "load_user_weights",
+    "probe_module",
+]

@@ -190,7 +190,9 @@ def probe_module(
     selector = _choose(candidates, output)
     scores = dict(candidates)[selector]
     if scores.dim() != 4 or not scores.is_floating_point():
-        raise SegexportError(f"output {selector} is {list(scores.shape)}: expected float class scores [B, K, H, W]")
+        raise SegexportError(
+            f"output {selector} is {list(scores.shape)}: expected float class scores [B, K, H, W]"
+        )
     scale = _scale(scores, height, width)
     _deterministic(model, scores, height, width, selector)
     choice = OutputChoice(selector, scale, upsample if scale > 1 else "bilinear")

@@ -71,7 +71,9 @@ def build_from_factory(target: str, arguments: dict[str, Any] | None = None) -> 
     except Exception as error:  # the user's code, or arguments it does not take
         raise SegexportError(f"--model {target}: the factory raised {_last_line(error)}") from None
     if not isinstance(model, nn.Module):
-        raise SegexportError(f"--model {target}: the factory returned a {type(model).__name__}, not an nn.Module")
+        raise SegexportError(
+            f"--model {target}: the factory returned a {type(model).__name__}, not an nn.Module"
+        )
     return model.eval(), canonical
 
 
@@ -82,7 +84,9 @@ def load_user_weights(model: nn.Module, path: Path) -> str:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a checkpoint, or one that needs pickled code
-        raise SegexportError(f"--weights {path}: not a weights-only checkpoint ({_last_line(error)})") from None
+        raise SegexportError(
+            f"--weights {path}: not a weights-only checkpoint ({_last_line(error)})"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -90,7 +94,9 @@ def load_user_weights(model: nn.Module, path: Path) -> str:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise SegexportError(f"--weights {path} do not fit the module: {str(error).splitlines()[0]}") from None
+        raise SegexportError(
+            f"--weights {path} do not fit the module: {str(error).splitlines()[0]}"
+        ) from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return digest
 
