@@ -151,7 +151,8 @@ class Segmenter:
         self.color = color
         self.convert = convert
         self._input = str(manifest["inputs"][0]["name"])
-        scores = (manifest.get("head") or {}).get("scores")
+        head = manifest.get("head")
+        scores = head.get("scores") if isinstance(head, dict) else None
         self._output, self._head = _pick_output([str(o["name"]) for o in manifest["outputs"]], scores)
         self._preprocessing = dict(manifest["preprocessing"])
         model = manifest.get("model", {})
