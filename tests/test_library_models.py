@@ -101,7 +101,13 @@ def test_a_library_model_goes_through_every_stage(tmp_path: Path, name: str) -> 
     assert rel_l2 <= 1e-4
     quantize_artifact(
         QuantizeRequest(
-            artifacts=out, fp16=True, int8=True, int8_cpu=True, calib=str(calib_dir(tmp_path)), eval_images=2
+            artifacts=out,
+            fp16=True,
+            int8=True,
+            int8_cpu=True,
+            calib=str(calib_dir(tmp_path)),
+            eval_images=2,
+            method="minmax",
         )
     )
     with Segmenter.load(out) as segmenter:
