@@ -18,7 +18,7 @@ from typing import Any, SupportsInt
 from segexport import readiness
 from segexport.compare import DEFAULT_TOLERANCES, Tolerance, VerificationReport
 from segexport.errors import SegexportError, UnavailableError, VerificationError
-from segexport.reference import data_size, verify_runners
+from segexport.reference import data_size, spec_for, verify_runners
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import (
     atomic_write,
@@ -398,7 +398,7 @@ def check_engine(
     try:
         say("checking the engine against ONNX Runtime on its source ONNX")
         vs_onnx = verify_runners(
-            get_spec(manifest["model"]["name"]),
+            spec_for(manifest),
             int(manifest["model"]["num_classes"]),
             OnnxRuntimeRunner(source, threads=threads),
             engine,

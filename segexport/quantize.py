@@ -31,7 +31,7 @@ from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, eval
 from segexport.errors import SegexportError
 from segexport.export import MASK_OUTPUT
 from segexport.prerequisites import artifact_directory
-from segexport.reference import TorchRunner, data_size, reference_model
+from segexport.reference import FOREIGN_SOURCES, data_size, reference_runner, source_kind, spec_for
 from segexport.runtime import OnnxRuntimeRunner, Runner, preprocess_for, resize
 from segexport.runtime.artifacts import (
     MANIFEST,
@@ -47,7 +47,6 @@ from segexport.runtime.artifacts import (
 from segexport.runtime.cpu_isa import CPU_ISAS, ISA_MEANING, cpu_flags, detect_cpu_isa, resolve_cpu_isa
 from segexport.runtime.files import FP32_ONNX, emulates_tensorrt_qdq, onnx_file_name
 from segexport.shapes import InputShape
-from segexport.zoo import get_spec
 
 Progress = Callable[[str], None]
 RECOMMENDED_CALIBRATION_IMAGES = 32
@@ -113,13 +112,17 @@ def calibration_batches(
 
 
 def evaluation_set(
-    manifest: dict[str, Any], count: int, threads: int | None, data: str | None = None
+    manifest: dict[str, Any],
+    count: int,
+    threads: int | None,
+    data: str | None = None,
+    directory: Path | None = None,
 ) -> EvalSet:
     """PyTorch's answers on the evaluation images: `data` (a labelled folder, or synthetic),
     by default the synthetic eval split when the model was trained on it, else random inputs."""
-    spec = get_spec(manifest["model"]["name"])
+    spec = spec_for(manifest)
     class_names = tuple(manifest["model"]["class_names"])
-    reference = TorchRunner(reference_model(manifest), spec.output_names, threads)
+    reference = reference_runner(manifest, directory, threads, onnx_fallback=True)
     if spec.input_kind != "image":  # RoI heads: seeded random RoI features, 4 RoIs each
         seeded = torch.Generator().manual_seed(0)
         feeds = [
@@ -180,7 +183,16 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
     writes = [*wanted, *([CALIBRATION_FILE] if request.int8 or request.int8_cpu else [])]
     begin_stage(directory, manifest, writes, "quantize writes its models there")
     fp32_bytes = vouched_bytes(directory, FP32_ONNX, manifest)
-    spec = get_spec(manifest["model"]["name"])
+    spec = spec_for(manifest)
+    if (
+        source_kind(manifest) in FOREIGN_SOURCES
+        and (request.int8 or request.int8_cpu)
+        and request.calib == "synthetic"
+    ):
+        raise SegexportError(
+            f"{spec.name}: INT8 calibration needs images like the ones the model will see: pass --calib DIR "
+            "(a folder of images); segexport's synthetic scenes are only for its demo models"
+        )
     if spec.input_kind != "image" and (request.int8 or request.int8_cpu):
         raise SegexportError(
             f"{spec.name}: INT8 needs calibration data for its inputs ({', '.join(spec.input_names)}), "
@@ -199,7 +211,7 @@ def quantize_artifact(request: QuantizeRequest, progress: Progress | None = None
         fp32_path = workdir / FP32_ONNX  # the vouched bytes, so later reads see what was checked
         fp32_path.write_bytes(fp32_bytes)
         say(f"evaluating PyTorch FP32 on {request.eval_images} held-out images")
-        evalset = evaluation_set(manifest, request.eval_images, request.threads)
+        evalset = evaluation_set(manifest, request.eval_images, request.threads, directory=directory)
         results["fp32"] = measure(fp32_path, evalset, request.threads)
         if request.fp16:
             say("converting to FP16 (normalisation and softmax kept in FP32)")

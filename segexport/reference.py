@@ -20,9 +20,119 @@ from segexport.errors import SegexportError, first_line
 from segexport.importers import build_imported, import_weights
 from segexport.runtime import Runner
 from segexport.runtime.artifacts import sha256_file
+from segexport.runtime.files import FP32_ONNX
+from segexport.runtime.runners import open_onnx_runner
 from segexport.shapes import InputShape
+from segexport.sources import OutputChoice, ScoresAdapter, build_from_factory, load_user_weights
+from segexport.sources.factory import state_digest
 from segexport.weights import load_weights, resolve_weights
-from segexport.zoo.registry import ModelSpec, create_model
+from segexport.zoo.registry import ModelSpec, create_model, get_spec
+
+FOREIGN_SOURCES = ("python", "onnx")  # manifest `source.kind`s that no zoo name describes
+
+
+def source_kind(manifest: dict[str, Any]) -> str | None:
+    source = manifest.get("source")
+    return str(source.get("kind")) if isinstance(source, dict) and source.get("kind") else None
+
+
+def _unbuildable(**_options: Any) -> nn.Module:
+    raise SegexportError("this artifact's model is not in the zoo; it is rebuilt from its source record")
+
+
+def spec_for(manifest: dict[str, Any]) -> ModelSpec:
+    """What the stages need to know of the artifact's model: the zoo's entry, or (a user's
+    module, an adopted ONNX) one made from the manifest alone."""
+    if source_kind(manifest) not in FOREIGN_SOURCES:
+        return get_spec(manifest["model"]["name"])
+    axes = manifest["dynamic_axes"]
+    prep = manifest["preprocessing"]
+    scores = (manifest.get("head") or {}).get("scores") or "logits"
+    outputs = [str(o["name"]) for o in manifest["outputs"] if o["name"] != "mask"]
+    return ModelSpec(
+        manifest["model"]["name"],
+        _unbuildable,
+        str(manifest["source"]["kind"]),
+        manifest["model"].get("description") or manifest["source"].get("class", ""),
+        int(manifest["model"]["num_classes"]),
+        tuple(outputs),
+        stride=int(manifest.get("size_rule", {}).get("divisible_by", 1)),
+        min_size=(axes["height"][0], axes["width"][0]),
+        max_size=(axes["height"][1], axes["width"][1]),
+        max_batch=axes["batch"][1],
+        mean=tuple(prep["mean"]),
+        std=tuple(prep["std"]),
+        logits_outputs=(scores,),
+    )
+
+
+def reference_runner(
+    manifest: dict[str, Any],
+    directory: Path | None = None,
+    threads: int | None = None,
+    weights: str | Path | None = None,
+    module: nn.Module | None = None,
+    onnx_fallback: bool = False,
+) -> Runner:
+    """The reference every stage measures against: the PyTorch model (the zoo's, rebuilt from
+    the recorded factory, or the `module` passed in), or the FP32 ONNX for an adopted ONNX.
+
+    `onnx_fallback`: where a user's module cannot be rebuilt, the FP32 ONNX (verified against it
+    at export) stands in; otherwise that case is refused saying what is needed.
+    """
+    kind = source_kind(manifest)
+    if kind == "onnx":
+        return _onnx_reference(manifest, directory, threads)
+    spec = spec_for(manifest)
+    if kind == "python":
+        try:
+            model = module if module is not None else _python_reference(manifest, weights)
+        except SegexportError:
+            if not onnx_fallback or directory is None:
+                raise
+            return _onnx_reference(manifest, directory, threads)  # verified against the module at export
+        recorded = manifest["source"].get("state_sha256")
+        if module is not None and recorded and state_digest(module) != recorded:
+            raise SegexportError(
+                "the module passed in has other weights than the one this artifact was exported from"
+            )
+        choice = OutputChoice.from_record(manifest["source"]["probe"]["output"])
+        runner = TorchRunner(ScoresAdapter(model, choice), spec.output_names, threads)
+        runner.name = f"pytorch:{type(model).__name__}"
+        return runner
+    return TorchRunner(reference_model(manifest, weights), spec.output_names, threads)
+
+
+def _onnx_reference(manifest: dict[str, Any], directory: Path | None, threads: int | None) -> Runner:
+    if directory is None:
+        raise SegexportError("the FP32 ONNX reference needs the artifact directory")
+    return open_onnx_runner(directory, FP32_ONNX, manifest, threads)
+
+
+def _python_reference(manifest: dict[str, Any], weights: str | Path | None) -> nn.Module:
+    """A user's module rebuilt from the factory the CLI recorded, its weights checked by sha256."""
+    source = manifest["source"]
+    if not source.get("factory"):
+        raise SegexportError(
+            f"{manifest['model']['name']} was exported from a module in a Python process "
+            f"({source.get('class')}): pass the module (API: module=...), re-export with "
+            "--model FILE.py:FUNCTION, or compare against the FP32 ONNX (--against onnx)"
+        )
+    model, _ = build_from_factory(str(source["factory"]), dict(source.get("arguments") or {}))
+    recorded = source.get("weights")
+    if recorded:
+        path = Path(weights if weights is not None else recorded["path"])
+        if not path.is_file() or sha256_file(path) != recorded["sha256"]:
+            raise SegexportError(
+                f"{path}: the weights this artifact was exported from are missing or changed"
+            )
+        load_user_weights(model, path)
+    if source.get("state_sha256") and state_digest(model) != source["state_sha256"]:
+        raise SegexportError(
+            f"{source['factory']} now builds other weights than at export (random initialisation? "
+            "pass --weights at export); compare against the FP32 ONNX instead (--against onnx)"
+        )
+    return model.eval()
 
 
 def reference_model(manifest: dict[str, Any], weights: str | Path | None = None) -> nn.Module:

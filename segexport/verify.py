@@ -28,14 +28,22 @@ from segexport.errors import SegexportError, first_line
 from segexport.export import retrace
 from segexport.localize import Localization, localize, module_scopes
 from segexport.prerequisites import artifact_directory
-from segexport.reference import TorchRunner, data_size, reference_model, verify_runners
+from segexport.reference import (
+    FOREIGN_SOURCES,
+    TorchRunner,
+    data_size,
+    reference_runner,
+    source_kind,
+    spec_for,
+    verify_runners,
+)
 from segexport.report import ArtifactResult, ParityReport, WorstImage, write_reports
 from segexport.runtime import Runner, open_runner
 from segexport.runtime.artifacts import check_writable_directory, read_manifest, vouched_bytes, vouched_path
 from segexport.runtime.engine_records import tensorrt_unavailable_reason
 from segexport.runtime.files import FP32_ONNX, judged_precision
 from segexport.shapes import DynamicRange, InputShape
-from segexport.zoo.registry import ModelSpec, get_spec
+from segexport.zoo.registry import ModelSpec
 
 # --------------------------------------------------------------------------- the verify stage
 
@@ -64,6 +72,7 @@ class VerifyRequest:
     min_agreement: float | None = None
     report: Path | None = None  # default: ARTIFACTS/verify_report.md
     threads: int | None = None
+    module: Any = None  # API: a user's nn.Module, the PyTorch reference of a `segexport.export` artifact
 
 
 def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | None = None) -> ParityReport:
@@ -78,7 +87,7 @@ def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | N
     _check_request(request)
     directory = artifact_directory(request.artifacts, request.model, request.weights, say)
     manifest = read_manifest(directory)
-    spec = get_spec(manifest["model"]["name"])
+    spec = spec_for(manifest)
     if spec.input_kind != "image":
         raise SegexportError(f"{spec.name}: verify handles image models")
     selected, skipped = _select(directory, manifest, request)
@@ -195,7 +204,7 @@ def _reference_runner(
 ) -> Runner:
     if request.against == "onnx":
         return open_runner(directory, FP32_ONNX, manifest, request.threads)
-    return TorchRunner(reference_model(manifest, request.weights), output_names, request.threads)
+    return reference_runner(manifest, directory, request.threads, request.weights, request.module)
 
 
 def _open_candidates(
@@ -309,8 +318,8 @@ def _localize(
     scopes = None
     try:
         if result.precision == "fp32":
-            if not isinstance(reference, TorchRunner):
-                return None
+            if not isinstance(reference, TorchRunner) or source_kind(manifest) in FOREIGN_SOURCES:
+                return None  # retracing rebuilds a zoo model's export exactly; others are not retraced
             say(f"{result.file}: localising against a fresh FP32 export of the PyTorch model")
             raw, graph = retrace(manifest, reference.model)
             scopes, label = module_scopes(raw), "a fresh FP32 export of the PyTorch model"

@@ -15,11 +15,10 @@ import torch
 from segexport.bench.machine import process_peak_mb, reset_peak, rss_mb
 from segexport.bench.options import BACKEND_ALIASES, FORMAT_FILES, PYTORCH, Progress
 from segexport.errors import SegexportError, first_line
-from segexport.reference import TorchRunner, reference_model
+from segexport.reference import TorchRunner, reference_runner
 from segexport.runtime import Runner
 from segexport.runtime.artifacts import MANIFEST
 from segexport.runtime.backends import BACKENDS, Backend
-from segexport.zoo import get_spec
 
 MEMORY_NOTE = (
     "peak_mem_mb: the most resident memory the format added to the process while it loaded "
@@ -156,8 +155,7 @@ def _backend(name: str) -> Backend:
 
 def _open(item: _Planned, directory: Path, manifest: dict[str, Any], threads: int) -> Runner:
     if item.file is None:
-        spec = get_spec(manifest["model"]["name"])
-        return TorchRunner(reference_model(manifest), spec.output_names, threads)
+        return reference_runner(manifest, directory, threads, onnx_fallback=True)
     return _backend(item.backend).open(directory, item.file, manifest, 0, threads)
 
 

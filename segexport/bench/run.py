@@ -30,10 +30,9 @@ from segexport.bench.prepare import prepared_artifact
 from segexport.bench.rows import Row, close_runner, open_rows, plan_rows
 from segexport.bench.timing import GPU_SPLIT_NOT_MEASURED, ratios_to_pytorch, time_rows, timing_input
 from segexport.errors import SegexportError
-from segexport.reference import data_size
+from segexport.reference import data_size, spec_for
 from segexport.runtime.artifacts import read_manifest
 from segexport.runtime.inputs import check_input_shapes
-from segexport.zoo import get_spec
 
 
 @dataclass
@@ -53,7 +52,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
     threads = request.threads or usable_cores()
     with prepared_artifact(request, threads, say) as (directory, prepared):
         manifest = read_manifest(directory)
-        spec = get_spec(manifest["model"]["name"])
+        spec = spec_for(manifest)
         if spec.input_kind != "image":
             raise SegexportError(f"{spec.name}: bench handles image models")
         size = request.size or data_size(manifest)

@@ -20,8 +20,25 @@ from segexport.cli.options import (
 )
 
 
+def _triple(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    """Callback: `a,b,c` as three floats."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3:
+        raise click.BadParameter(f"{value!r} is not three comma-separated numbers")
+    return numbers
+
+
 @main.command("onnx")
-@model_option("Zoo name or alias [default: the model the --weights describe, else segformer-b0].")
+@model_option(
+    "Zoo name or alias [default: the model the --weights describe, else segformer-b0], or your own "
+    "model's factory: path/file.py:FUNCTION or package.module:FUNCTION (returns an nn.Module; "
+    "IMPORTING THE FILE RUNS ITS CODE, as `python file.py` would)."
+)
 @weights_option(
     "state_dict (.pt/.pth/.safetensors), 'demo' for the shipped checkpoint, or weights from "
     "elsewhere: a Hugging Face SegFormer directory, an mmseg/timm/port checkpoint "
@@ -68,15 +85,71 @@ from segexport.cli.options import (
     show_default=True,
     help="Type of the mask's class ids.",
 )
+@click.option(
+    "--from-onnx",
+    "from_onnx",
+    type=click.Path(path_type=Path),
+    help="Adopt an ONNX made elsewhere (one NCHW float image input, a class-score output) [default: none].",
+)
+@click.option(
+    "--output-key",
+    help="Your model's or ONNX's output holding the class scores (dict key, tuple index or output name) "
+    "[default: the only 4-D output, else 'logits', else 'out'].",
+)
+@click.option(
+    "--upsample",
+    type=click.Choice(["bilinear", "none"]),
+    default="bilinear",
+    show_default=True,
+    help="Your model's lower-resolution scores: resized to the input in the graph, "
+    "or kept (the runtime resizes).",
+)
+@click.option(
+    "--stride", type=POSITIVE, help="Your model's size rule: H and W multiples of it [default: probed]."
+)
+@click.option(
+    "--classes", help="Your model's class names, comma-separated [default: the config's, else class_0..]."
+)
+@click.option(
+    "--mean",
+    callback=_triple,
+    help="Your model's normalisation mean, 0..1 scale, e.g. 0.485,0.456,0.406 "
+    "[default: ImageNet's, recorded as assumed].",
+)
+@click.option(
+    "--std",
+    callback=_triple,
+    help="Your model's normalisation std, 0..1 scale [default: ImageNet's, recorded as assumed].",
+)
 @json_option("Print a JSON summary on stdout.")
 def onnx(as_json: bool, max_rel_l2: float, **params: Any) -> None:
-    """Export a model to ONNX with dynamic axes, simplify it, and verify it against PyTorch."""
+    """Export a model to ONNX with dynamic axes, simplify it, and verify it against PyTorch.
+
+    Three doors: a zoo name (`--model segformer-b0`), your own factory
+    (`--model my_model.py:build`, which imports and runs that file), or an ONNX file
+    (`--from-onnx model.onnx`). See docs/your-model.md.
+    """
     from segexport.compare import Tolerance
     from segexport.export import ExportRequest, export_onnx
+    from segexport.sources.factory import is_factory
 
-    request = ExportRequest(**params, tolerance=Tolerance(max_rel_l2=max_rel_l2))
-    manifest = export_onnx(request, progress=progress)
-    summary = export_summary(manifest, request.out_dir or Path("artifacts") / manifest["model"]["name"])
+    own = {
+        k: params.pop(k) for k in ("from_onnx", "output_key", "upsample", "stride", "classes", "mean", "std")
+    }
+    if own["from_onnx"] is not None or is_factory(params["model"]):
+        manifest = _own_model(own, params, max_rel_l2)
+    else:
+        given = [
+            f"--{k.replace('_', '-')}" for k in ("output_key", "stride", "classes", "mean", "std") if own[k]
+        ]
+        if given:
+            raise click.UsageError(
+                f"{given[0]} applies to your own model (--model FILE.py:FUNCTION or --from-onnx)"
+            )
+        request = ExportRequest(**params, tolerance=Tolerance(max_rel_l2=max_rel_l2))
+        manifest = export_onnx(request, progress=progress)
+    out = params["out_dir"] or Path("artifacts") / manifest["model"]["name"].replace(":", "-").lower()
+    summary = export_summary(manifest, out)
     if as_json:
         echo_json(summary)
         return
@@ -84,6 +157,65 @@ def onnx(as_json: bool, max_rel_l2: float, **params: Any) -> None:
         for out in shape["outputs"]:
             click.echo(_output_line(shape["shape"], out))
     click.echo(f"wrote {summary['artifact']} ({summary['seconds']['total']:.1f} s)")
+
+
+def _own_model(own: dict[str, Any], params: dict[str, Any], max_rel_l2: float) -> dict[str, Any]:
+    """`--model FILE.py:FUNCTION` or `--from-onnx`: the user's model through the same stage."""
+    from segexport.errors import SegexportError
+
+    classes = [c.strip() for c in own["classes"].split(",")] if own["classes"] else None
+    if own["from_onnx"] is not None:
+        from segexport.export.adopt import adopt_onnx
+
+        if params["model"] or params["weights"]:
+            raise SegexportError("--from-onnx takes no --model or --weights: the ONNX file is the model")
+        return adopt_onnx(
+            own["from_onnx"],
+            classes=classes,
+            mean=own["mean"],
+            std=own["std"],
+            output_key=own["output_key"],
+            size=params["size"],
+            out_dir=params["out_dir"],
+            force=params["force"],
+            max_rel_l2=max_rel_l2,
+            threads=params["threads"],
+            progress=progress,
+        )
+    from segexport.export import export
+    from segexport.sources.factory import build_from_factory, load_user_weights
+
+    module, factory = build_from_factory(params["model"], params["model_options"])
+    source: dict[str, Any] = {"factory": factory, "arguments": params["model_options"], "weights": None}
+    if params["weights"]:
+        weights = Path(params["weights"])
+        source["weights"] = {"path": str(weights.resolve()), "sha256": load_user_weights(module, weights)}
+    if params["size"] is None:
+        raise SegexportError("--model FILE.py:FUNCTION needs --size HxW (the size to export and probe at)")
+    key = own["output_key"]
+    return export(
+        module,
+        size=params["size"],
+        classes=classes,
+        num_classes=params["num_classes"],
+        mean=own["mean"],
+        std=own["std"],
+        out=params["out_dir"],
+        min_size=params["min_size"],
+        max_size=params["max_size"],
+        max_batch=params["max_batch"] or 16,
+        batch=params["batch"],
+        output=int(key) if key is not None and key.isdigit() else key,
+        upsample=own["upsample"],
+        stride=own["stride"],
+        opset=params["opset"],
+        head=params["head"],
+        max_rel_l2=max_rel_l2,
+        force=params["force"],
+        threads=params["threads"],
+        progress=progress,
+        source=source,
+    )
 
 
 def _output_line(shape: str, out: dict[str, Any]) -> str:

@@ -5,6 +5,10 @@ axes, `retrace`) and `graph` (ONNX edits: mask head, onnxsim, Squeeze axes) -> `
 `onnx` stage: build, trace, simplify, verify, manifest).
 """
 
+import sys
+import types
+from typing import Any
+
 from segexport.export.graph import (
     HEADS,
     MASK_OUTPUT,
@@ -28,6 +32,7 @@ from segexport.export.plan import (
 )
 from segexport.export.stage import MODEL_FILE, build_model, export_onnx, versions
 from segexport.export.trace import name_dynamic_axes, retrace, trace_to_onnx
+from segexport.export.user import export
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -47,6 +52,7 @@ __all__ = [
     "check_head",
     "declared_shapes",
     "explicit_squeeze_axes",
+    "export",
     "export_onnx",
     "name_dynamic_axes",
     "plan_export",
@@ -55,3 +61,13 @@ __all__ = [
     "trace_to_onnx",
     "versions",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """`segexport.export(model, ...)` calls `export`: the package is also the Python API's door."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

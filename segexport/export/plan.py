@@ -57,6 +57,13 @@ class ExportRequest:
     head: str = "logits"
     mask_dtype: str = "uint8"
     allow_large: bool = False  # lift the size caps (MAX_RUN_PIXELS, MAX_SIDE, MAX_BATCH)
+    # A model from outside the zoo (`segexport.export(module)`): its spec, the module to trace,
+    # the manifest's `source` record, and the classes/normalisation the user gave.
+    spec: ModelSpec | None = None
+    module: Any = None
+    source: dict[str, Any] | None = None
+    class_names: tuple[str, ...] | None = None
+    preprocessing: Preprocessing | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class ExportPlan:
     imported: Imported | None = None
     options: dict[str, Any] = field(default_factory=dict)
     preprocessing: Preprocessing | None = None
+    module: Any = None  # a user's module, traced as is (no zoo build)
+    source: dict[str, Any] | None = None
 
 
 def _imported(request: ExportRequest) -> Imported | None:
@@ -115,12 +124,14 @@ def _imported(request: ExportRequest) -> Imported | None:
 
 def plan_export(request: ExportRequest) -> ExportPlan:
     """Resolve defaults and refuse, up front, anything the artifact could not honour."""
-    imported = _imported(request)
-    spec = get_spec(imported.model if imported else request.model or DEFAULT_MODEL)
+    imported = _imported(request) if request.spec is None else None
+    spec = request.spec or get_spec(imported.model if imported else request.model or DEFAULT_MODEL)
     weights = None
-    if request.weights is not None and imported is None:
+    if request.weights is not None and imported is None and request.spec is None:
         weights = resolve_weights(spec.name, request.weights)
-    trained_names = weights.class_names if weights else None
+    trained_names = list(request.class_names) if request.class_names else None
+    if weights:
+        trained_names = weights.class_names
     if imported is not None:
         trained_names = list(imported.class_names or ())
         num_classes = imported.num_classes
@@ -171,7 +182,7 @@ def plan_export(request: ExportRequest) -> ExportPlan:
         _check_caps(shapes, dynamic)
     if request.threads is not None and request.threads < 1:
         raise SegexportError(f"--threads must be >= 1, got {request.threads}")
-    out_dir = request.out_dir or Path("artifacts") / spec.name
+    out_dir = request.out_dir or Path("artifacts") / spec.name.replace(":", "-").lower()
     if trained_names and len(trained_names) == num_classes:
         class_names = tuple(trained_names)
     else:
@@ -187,7 +198,9 @@ def plan_export(request: ExportRequest) -> ExportPlan:
         class_names,
         imported,
         {**(imported.options if imported else {}), **request.model_options},
-        imported.preprocessing if imported else None,
+        imported.preprocessing if imported else request.preprocessing,
+        request.module,
+        request.source,
     )
 
 

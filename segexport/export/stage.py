@@ -78,6 +78,8 @@ def versions() -> dict[str, str]:
 
 
 def build_model(plan: ExportPlan) -> nn.Module:
+    if plan.module is not None:
+        return plan.module.eval()
     if plan.imported is not None:
         return build_imported(plan.imported, plan.options, plan.num_classes)
     model = create_model(plan.spec.name, num_classes=plan.num_classes, **plan.options)
@@ -165,10 +167,13 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
 
 def _head_record(request: ExportRequest, spec: ModelSpec) -> dict[str, Any]:
     """What a runtime needs to use the head: which output holds ids, and how masks resize."""
+    # `scores`: the output holding one score per class (what Segmenter reads; SCHEMA in runtime/schema.py)
+    scores = spec.logits_outputs[0] if spec.logits_outputs and request.head != "mask" else None
     if request.head == "logits":
-        return {"kind": "logits", "mask": None}
+        return {"kind": "logits", "mask": None, "scores": scores}
     return {
         "kind": request.head,
+        "scores": scores,
         "mask": {
             "output": MASK_OUTPUT,
             "dtype": request.mask_dtype,
@@ -227,6 +232,8 @@ def _manifest(
     }
     if plan.imported is not None:
         manifest["source"] = {**plan.imported.record(), "check": source_check}
+    elif plan.source is not None:
+        manifest["source"] = plan.source
     if spec.input_kind == "image":
         prep = plan.preprocessing or Preprocessing(spec.mean, spec.std)
         manifest["size_rule"] = {"divisible_by": spec.stride}

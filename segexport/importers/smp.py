@@ -1,4 +1,7 @@
-"""segmentation_models_pytorch checkpoints: recognised, and refused with the reason.
+"""segmentation_models_pytorch checkpoints: recognised, and sent to the door that takes them.
+
+smp models come through `--model FILE.py:FUNCTION --weights CKPT` (a factory building the smp
+model; docs/your-model.md), not through the zoo's importers:
 
 smp's architectures differ from the zoo's by design (its DeepLabV3+ has separable ASPP
 convs and a dilated last encoder block; its U-Net decoder has other widths and no
@@ -23,6 +26,6 @@ def refuse(path: Path, state: dict[str, Any]) -> SegexportError:
     else:
         design = "model whose decoder differs from the zoo's by design"
     return SegexportError(
-        f"{path}: a segmentation_models_pytorch {design}; not importable into the zoo's models "
-        "(refused rather than loaded into one that only looks the same)"
+        f"{path}: a segmentation_models_pytorch {design}; not a zoo model: export it as your own model, "
+        "--model FILE.py:FUNCTION (a factory returning the smp model) --weights CKPT (docs/your-model.md)"
     )

@@ -123,18 +123,24 @@ class Placement:
         padded[:, : self.scaled[0], : self.scaled[1]] = normalised
         return padded
 
+    def _crop(self, logits: np.ndarray) -> np.ndarray:
+        """The scores of the image's pixels, without the padding: at the input's resolution or
+        at 1/s of it (a model whose scores stay at a lower resolution, `upsample="none"`)."""
+        rows = round(self.scaled[0] * logits.shape[-2] / self.padded[0])
+        cols = round(self.scaled[1] * logits.shape[-1] / self.padded[1])
+        return logits[:, : max(1, rows), : max(1, cols)]
+
     def restore_logits(self, logits: np.ndarray) -> np.ndarray:
-        """[C, padH, padW] network logits -> [C, H, W] at the original image's pixels."""
-        cropped = logits[:, : self.scaled[0], : self.scaled[1]]
-        return resize_logits(cropped, self.original)
+        """[C, padH/s, padW/s] network logits -> [C, H, W] at the original image's pixels."""
+        return resize_logits(self._crop(logits), self.original)
 
     def logits_to_mask(self, logits: np.ndarray) -> np.ndarray:
-        """[C, padH, padW] network logits -> class ids [H, W] at the original image's pixels."""
-        return logits_to_mask(logits[:, : self.scaled[0], : self.scaled[1]], self.original)
+        """[C, padH/s, padW/s] network logits -> class ids [H, W] at the original image's pixels."""
+        return logits_to_mask(self._crop(logits), self.original)
 
     def restore_mask(self, mask: np.ndarray) -> np.ndarray:
         """[padH, padW] class ids (an ArgMax head's output) -> int64 [H, W], nearest neighbour."""
-        cropped = np.ascontiguousarray(mask[: self.scaled[0], : self.scaled[1]])
+        cropped = np.ascontiguousarray(self._crop(mask[None])[0])
         return resize(cropped, self.original, labels=True)
 
 

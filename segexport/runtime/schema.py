@@ -3,6 +3,18 @@
 A manifest comes from disk and may be hand-edited, truncated or hostile; every stage and
 the runtime index into it, so a `files` list or a string batch range must stop at the
 door with the field's name, not deep inside as an AttributeError.
+
+Optional sections (additive: readers must accept a manifest without them):
+- `head.scores`: the output holding one score per class (`logits`, `semantic_logits`);
+  `Segmenter` reads it. Absent (older artifacts): `logits`, else `mask`, else the only output.
+- `source`: where the model came from. Imported weights: `format`, `path`, `sha256`, ...
+  A user's module (`segexport.export`, `onnx --model FILE.py:FUNCTION`): `kind: "python"`,
+  `class`, `probe` (`num_classes`, `stride`, `output`: {`selector`, `scale`, `upsample`},
+  `outputs_seen`), `classes_from`, `normalisation_assumed`, `state_sha256` (the exported
+  module's parameters), and from the CLI `factory`, `arguments`, `weights` {path, sha256}.
+  An adopted ONNX (`onnx --from-onnx`): `kind: "onnx"`, `path`, `sha256`, `output`, `scale`;
+  its FP32 ONNX is the reference of every later stage. A scale s > 1 means the scores are at
+  1/s of the input's resolution and the runtime resizes them.
 """
 
 from __future__ import annotations
@@ -97,6 +109,13 @@ def validate_manifest(data: Any, source: Path) -> dict[str, Any]:
     if "size_rule" in manifest:
         rule = check.mapping(manifest["size_rule"], "size_rule")
         check.integer(check.key(rule, "divisible_by", "size_rule"), "size_rule.divisible_by", 1)
+    head = manifest.get("head")
+    if isinstance(head, dict) and head.get("scores") is not None:
+        check.string(head["scores"], "head.scores")
+    if "source" in manifest:
+        origin = check.mapping(manifest["source"], "source")
+        if "kind" in origin:
+            check.string(origin["kind"], "source.kind")
     if "preprocessing" in manifest:
         _preprocessing(check, check.mapping(manifest["preprocessing"], "preprocessing"))
     for section in ("engines", "precisions", "verification", "onnx"):

@@ -151,7 +151,9 @@ class Segmenter:
         self.color = color
         self.convert = convert
         self._input = str(manifest["inputs"][0]["name"])
-        self._output, self._head = _pick_output([str(o["name"]) for o in manifest["outputs"]])
+        head = manifest.get("head")
+        scores = head.get("scores") if isinstance(head, dict) else None
+        self._output, self._head = _pick_output([str(o["name"]) for o in manifest["outputs"]], scores)
         self._preprocessing = dict(manifest["preprocessing"])
         model = manifest.get("model", {})
         self.class_names: tuple[str, ...] = tuple(model.get("class_names") or ())
@@ -361,8 +363,11 @@ def _refiner(refine: str | DenseCRF | None) -> DenseCRF | None:
     raise SegexportError(f"unknown refinement {refine!r}; use 'crf' or None")
 
 
-def _pick_output(names: list[str]) -> tuple[str, str]:
-    """The output the segmenter reads and its kind: logits when present, else an ArgMax mask."""
+def _pick_output(names: list[str], scores: str | None = None) -> tuple[str, str]:
+    """The output the segmenter reads and its kind: the class scores the manifest names
+    (`head.scores`), else `logits`, else an ArgMax mask."""
+    if scores is not None and scores in names:
+        return scores, "logits"
     if "logits" in names:
         return "logits", "logits"
     if "mask" in names:

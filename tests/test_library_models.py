@@ -1,0 +1,118 @@
+"""Real libraries' segmentation models through the Python door (random weights, small sizes).
+
+Each: export -> quantize (--fp16 --int8 --int8-cpu) -> Segmenter at an odd image size ->
+verify with the module, and rel L2 of the FP32 ONNX vs the library's own forward <= 1e-4.
+torchvision imports through `tests/source_libraries.py`'s stub (platform notes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import segexport
+from segexport.quantize import QuantizeRequest, quantize_artifact
+from segexport.runtime import OnnxRuntimeRunner, Segmenter
+from segexport.sources.adapter import select
+from segexport.verify import VerifyRequest, verify_artifacts
+from tests.source_libraries import source_library
+from tests.test_your_model import calib_dir
+
+
+def _torchvision(name: str) -> nn.Module:
+    segmentation = source_library("torchvision.models.segmentation")
+    return getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=5)
+
+
+def _smp(name: str, encoder: str) -> nn.Module:
+    smp = source_library("segmentation_models_pytorch")
+    return getattr(smp, name)(encoder, encoder_weights=None, classes=5)
+
+
+def _upernet() -> nn.Module:
+    transformers = source_library("transformers")
+    backbone = transformers.ConvNextConfig(
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[16, 32, 64, 128],
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = transformers.UperNetConfig(
+        backbone_config=backbone, hidden_size=32, auxiliary_in_channels=64, num_labels=5
+    )
+    return transformers.UperNetForSemanticSegmentation(config)
+
+
+def _mobilevit() -> nn.Module:
+    transformers = source_library("transformers")
+    config = transformers.MobileViTConfig(
+        hidden_sizes=[32, 40, 48],
+        neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64],
+        num_labels=5,
+        aspp_out_channels=32,
+    )
+    return transformers.MobileViTForSemanticSegmentation(config)
+
+
+def _seed_deeplab() -> nn.Module:
+    from examples.my_model import build
+
+    return build(num_classes=5)
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] = {
+    "tv-lraspp": (lambda: _torchvision("lraspp_mobilenet_v3_large"), {}),
+    "tv-deeplabv3-mbv3": (lambda: _torchvision("deeplabv3_mobilenet_v3_large"), {}),
+    "tv-fcn-resnet50": (lambda: _torchvision("fcn_resnet50"), {}),
+    "smp-unet-resnet18": (lambda: _smp("Unet", "resnet18"), {}),
+    "smp-deeplabv3plus-resnet18": (lambda: _smp("DeepLabV3Plus", "resnet18"), {}),
+    "smp-fpn-mobilenet_v2": (lambda: _smp("FPN", "mobilenet_v2"), {}),
+    "hf-upernet-convnext": (_upernet, {}),
+    "hf-mobilevit": (_mobilevit, {"upsample": "none"}),
+    "seed-deeplabv3plus-user-backbone": (_seed_deeplab, {}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_library_model_goes_through_every_stage(tmp_path: Path, name: str) -> None:
+    build, options = MODELS[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    out = tmp_path / name
+    manifest = segexport.export(model, size=(128, 128), out=out, max_size=(256, 256), max_batch=4, **options)  # type: ignore[operator]
+    image = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    choice = manifest["source"]["probe"]["output"]
+    with torch.inference_mode():
+        theirs = select(model(image), choice["selector"])
+    if choice["upsample"] == "bilinear" and choice["scale"] > 1:
+        theirs = torch.nn.functional.interpolate(
+            theirs, size=(128, 128), mode="bilinear", align_corners=False
+        )
+    ours = OnnxRuntimeRunner(out / "model.onnx").infer({"image": image.numpy()})["logits"]
+    expected = theirs.numpy()
+    rel_l2 = float(np.linalg.norm(ours - expected) / np.linalg.norm(expected))
+    print(f"{name}: probe {manifest['source']['probe']} rel L2 {rel_l2:.2e} seconds {manifest['seconds']}")
+    assert rel_l2 <= 1e-4
+    quantize_artifact(
+        QuantizeRequest(
+            artifacts=out,
+            fp16=True,
+            int8=True,
+            int8_cpu=True,
+            calib=str(calib_dir(tmp_path)),
+            eval_images=2,
+            method="minmax",
+        )
+    )
+    with Segmenter.load(out) as segmenter:
+        assert np.asarray(segmenter(np.zeros((97, 131, 3), np.uint8), color="rgb")).shape == (97, 131)
+    report = verify_artifacts(
+        VerifyRequest(artifacts=out, data="random", limit=1, precision="fp32", module=model)
+    )
+    assert report.passed
