@@ -13,6 +13,7 @@ from pathlib import Path
 from segexport.errors import SegexportError
 from segexport.runtime.artifacts import MANIFEST
 from segexport.runtime.files import ENGINE_PRECISIONS, ONNX_FILES, engine_file
+from segexport.runtime.outputs import artifact_files
 
 Progress = Callable[[str], None]
 
@@ -132,6 +133,12 @@ def check_request(request: BenchRequest) -> None:
         )
     if request.data != "synthetic" and not Path(request.data).is_dir():
         raise SegexportError(f"--data {request.data!r} is neither 'synthetic' nor a directory")
+
+
+def bench_reads(request: BenchRequest) -> list[Path | None]:
+    """What bench reads: its --report and --plot may be none of these, nor lie inside the data."""
+    data = None if request.data == "synthetic" else Path(request.data)
+    return [data, *artifact_files(request.artifacts if request.model is None else None)]
 
 
 def batches_for(request: BenchRequest) -> list[int]:

@@ -71,13 +71,13 @@ def bench(
     as_json: bool, batches: str | None, report: Path | None, plot: Path | None, force: bool, **params: Any
 ) -> None:
     """One table of every format and backend: status, size, latency percentiles, FPS, memory, mIoU."""
-    from segexport.bench import BenchRequest, check_request, parse_batches, run_bench
+    from segexport.bench import BenchRequest, bench_reads, check_request, parse_batches, run_bench
     from segexport.bench.report import check_outputs, format_report, write_plot, write_report
     from segexport.report import json_safe
 
     request = BenchRequest(**params, batches=None if batches is None else parse_batches(batches))
     check_request(request)
-    check_outputs(report, plot, force)
+    check_outputs(report, plot, force, bench_reads(request))
     if plot is not None:
         import matplotlib  # noqa: F401  (the [bench] extra, checked before minutes of work)
     result = run_bench(request, progress=progress)
