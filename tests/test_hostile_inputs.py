@@ -173,3 +173,45 @@ def test_a_hand_edited_palette_is_one_line(
     write_json_atomic(artifact / "manifest.json", manifest)
     with pytest.raises(SegexportError, match=r"invalid manifest: field '" + field.replace("[", r"\[")):
         Segmenter.load(artifact, threads=1)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--runs", "1000000000"), ("--warmup", "1000000000"),
+                                               ("--eval-images", "1000000000")])  # fmt: skip
+def test_bench_counts_are_bounded(small_artifact: Path, option: str, value: str) -> None:
+    code, _, stderr = run("bench", "--artifacts", str(small_artifact), option, value)
+    assert_one_line_error(code, stderr, f"{option} must be")
+
+
+@pytest.mark.parametrize(
+    ("mask_size", "label", "message"), [(16, 1, "but its mask is"), (32, 50, "label 50")]
+)
+def test_bench_refuses_a_bad_labelled_folder_up_front(
+    small_artifact: Path, tmp_path: Path, mask_size: int, label: int, message: str
+) -> None:
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    image = SyntheticScenes("eval", 1, (32, 32))[0][0]
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.full((mask_size, mask_size), label, np.uint8), mode="L").save(
+        tmp_path / "masks" / "a.png"
+    )
+    classes = read_manifest(small_artifact)["model"]["class_names"]
+    (tmp_path / "classes.txt").write_text("\n".join(classes))
+    code, _, stderr = run(
+        "bench", "--artifacts", str(small_artifact), "--data", str(tmp_path), "--formats", "onnx-fp32",
+        "--backends", "ort-cpu", "--runs", "1", "--threads", "1",
+    )  # fmt: skip
+    assert_one_line_error(code, stderr, message, after_progress=True)
+    assert "timing" not in stderr
+
+
+def test_bench_timing_loops_respect_max_seconds() -> None:
+    from segexport.bench.timing import interleaved_samples
+
+    class Slow:
+        def infer(self, feeds: dict[str, np.ndarray]) -> None:
+            time.sleep(0.05)
+
+    started = time.perf_counter()
+    samples = interleaved_samples([Slow()], {}, None, 60.0, "t", started + 0.3)  # type: ignore[list-item]
+    assert time.perf_counter() - started < 5 and 1 <= len(samples[0][0]) < 20

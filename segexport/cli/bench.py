@@ -55,12 +55,23 @@ from segexport.cli.options import (
     type=click.IntRange(min=0),
     default=3,
     show_default=True,
-    help="Untimed runs per format before timing.",
+    help="Untimed runs per format before timing, up to 1000.",
 )
-@click.option("--runs", type=POSITIVE, help="Timed runs per format (instead of --seconds).")
+@click.option("--runs", type=POSITIVE, help="Timed runs per format, up to 100000 (instead of --seconds).")
 @click.option("--seconds", type=Float(min=0.0, min_open=True), help="Timed seconds per format [2].")
 @data_option("'synthetic' or a labelled folder.")
-@click.option("--eval-images", type=POSITIVE, default=8, show_default=True, help="Images for mIoU/agreement.")
+@click.option(
+    "--eval-images",
+    type=POSITIVE,
+    default=8,
+    show_default=True,
+    help="Images for mIoU/agreement, up to 10000.",
+)
+@click.option(
+    "--max-seconds",
+    type=Float(min=0.0, min_open=True),
+    help="Wall-clock budget: warm-up and timing loops stop when it is spent [no budget].",
+)
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the table as Markdown (.md).")
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Latency vs mIoU plot (.png; segexport[bench])."
