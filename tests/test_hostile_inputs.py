@@ -9,6 +9,7 @@ import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -215,3 +216,63 @@ def test_bench_timing_loops_respect_max_seconds() -> None:
     started = time.perf_counter()
     samples = interleaved_samples([Slow()], {}, None, 60.0, "t", started + 0.3)  # type: ignore[list-item]
     assert time.perf_counter() - started < 5 and 1 <= len(samples[0][0]) < 20
+
+
+SEGFORMER = {"model_type": "segformer", "architectures": ["SegformerForSemanticSegmentation"]}
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({**SEGFORMER, "num_labels": 10**9}, "num_labels"),
+        ({**SEGFORMER, "id2label": ["a", "b"]}, "id2label"),
+        ({**SEGFORMER, "hidden_sizes": 32}, "hidden_sizes"),
+        ([SEGFORMER], "(top level)"),
+        ({"architecture": "vit_base_patch16_224", "pretrained_cfg": "x"}, "pretrained_cfg"),
+        (
+            {"architecture": "vit_base_patch16_224", "pretrained_cfg": {"std": [0.5, 0, 0.5]}},
+            "pretrained_cfg.std[1]",
+        ),
+    ],
+)
+def test_a_hostile_model_config_is_one_line_naming_the_field(tmp_path: Path, config: Any, field: str) -> None:
+    from segexport.importers import import_weights
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SegexportError, match=re.escape(f"config.json: field '{field}'")):
+        import_weights(tmp_path)
+
+
+def test_deep_json_and_bad_preprocessing_are_one_line(tmp_path: Path) -> None:
+    from segexport.importers import import_weights
+    from segexport.importers.configs import read_preprocessor_config
+
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SegexportError, match="nested deeper than"):
+        import_weights(tmp_path)
+    file = tmp_path / "preprocessor_config.json"
+    file.write_text(json.dumps({"image_mean": ["red", 0, 0], "image_std": [1, 1, 1]}))
+    with pytest.raises(SegexportError, match=re.escape("field 'image_mean[0]' must be a finite number")):
+        read_preprocessor_config(file)
+    file.write_text(json.dumps({"image_mean": [0, 0, 0], "image_std": [1, 0, 1]}))
+    with pytest.raises(SegexportError, match=re.escape("field 'image_std[1]' must be > 0")):
+        read_preprocessor_config(file)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than"),
+        (json.dumps({"graph_sha256": "a" * 64, "method": "minmax", "images": 2}), "field 'ranges'"),
+        ('{"graph_sha256": "' + "a" * 64 + '", "method": "minmax", "images": 2, "ranges": {"x": [NaN, 1]}}',
+         "field 'ranges.x' must be a finite number"),
+    ],
+)  # fmt: skip
+def test_a_bad_calibration_cache_is_one_line(tmp_path: Path, content: str, message: str) -> None:
+    from segexport.precision import Calibration
+
+    cache = tmp_path / "calib.json"
+    cache.write_text(content)
+    with pytest.raises(SegexportError, match=re.escape(message)) as caught:
+        Calibration.load(cache, "a" * 64)
+    assert "\n" not in str(caught.value) and "recalibrate" in str(caught.value)
