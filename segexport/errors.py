@@ -26,6 +26,12 @@ class VerificationError(SegexportError):
     exit_code = 1
 
 
+class DamagedInputError(SegexportError):
+    """An input was read only in part (a damaged or truncated video): the output would lie."""
+
+    exit_code = 1
+
+
 class UnavailableError(SegexportError):
     """This machine lacks what the step needs (TensorRT, a GPU); the inputs were fine."""
 

@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto
 
 from segexport.errors import SegexportError
+from segexport.runtime.jsonfile import Fields, read_json
 
 # Ops that overflow or lose too much in FP16 (platform notes): normalisation statistics,
 # softmax over attention scores, exponentials and roots.
@@ -209,18 +210,39 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path, graph_sha256: str) -> Calibration:
+        """A cache written by `save`, every field typed (bounded JSON, finite ranges with
+        low <= high). A bad cache is one line; nothing recalibrates unless the user asks."""
+        redo = "; delete it (or drop --calib-cache) to recalibrate"
+        check = Fields(path)
         try:
-            data = json.loads(path.read_text())
-            ranges = {name: (float(low), float(high)) for name, (low, high) in data["ranges"].items()}
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise SegexportError(f"{path}: not a segexport calibration cache ({error})") from error
-        if data.get("graph_sha256") != graph_sha256:
-            raise SegexportError(
-                f"{path}: calibration cache is for another graph "
-                f"(sha256 {str(data.get('graph_sha256'))[:12]}..., "
-                f"this model.onnx is {graph_sha256[:12]}...); recalibrate without --calib-cache"
-            )
-        return cls(data["method"], ranges, graph_sha256, int(data["images"]), data.get("percentile"))
+            data = check.mapping(read_json(path, "calibration cache"), "(top level)")
+            found = check.string(data.get("graph_sha256"), "graph_sha256")
+            if found != graph_sha256:
+                raise SegexportError(
+                    f"{path}: calibration cache is for another graph (sha256 {found[:12]}..., "
+                    f"this model.onnx is {graph_sha256[:12]}...); recalibrate without --calib-cache"
+                )
+            method = check.string(data.get("method"), "method")
+            images = check.integer(data.get("images"), "images")
+            percentile = data.get("percentile")
+            if percentile is not None:
+                percentile = check.number(percentile, "percentile", positive=True)
+            ranges: dict[str, tuple[float, float]] = {}
+            listed = check.mapping(data.get("ranges"), "ranges")
+            if not listed:
+                raise check.fail("ranges", "is empty")
+            for name, pair in listed.items():
+                low, high = (
+                    check.number(v, f"ranges.{name}") for v in check.listing(pair, f"ranges.{name}", 2)
+                )
+                if low > high:
+                    raise check.fail(f"ranges.{name}", f"is an empty range {low}..{high}")
+                ranges[name] = (low, high)
+        except SegexportError as error:
+            if "another graph" in str(error):
+                raise
+            raise SegexportError(f"{error}: not a usable calibration cache{redo}") from None
+        return cls(method, ranges, graph_sha256, images, percentile)
 
 
 def calibrate(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from segexport.errors import SegexportError
 from segexport.localize import Localization
 from segexport.runtime.artifacts import atomic_write
 from segexport.runtime.media import default_palette
+from segexport.runtime.outputs import check_output
 
 
 @dataclass
@@ -111,6 +113,19 @@ class ParityReport:
         }
 
 
+def picture_path(markdown: Path, file: str) -> Path:
+    return markdown.with_name(f"{markdown.stem}_{file.replace('.', '_')}.png")
+
+
+def check_report_paths(markdown: Path, files: Iterable[str], reads: Iterable[Path | None]) -> None:
+    """The output policy for verify's reports, before any work: each may replace an earlier
+    report file, never a directory, a symlink, or anything verify reads (`reads`)."""
+    reads = list(reads)
+    paths = [markdown, markdown.with_suffix(".json"), *(picture_path(markdown, file) for file in files)]
+    for path in paths:
+        check_output(path, True, directory=False, reads=reads, option="--report")
+
+
 def write_reports(report: ParityReport, markdown: Path) -> None:
     """REPORT.md, REPORT.json and one PNG per artifact with a worst image; paths go in `report.files`."""
     try:
@@ -121,7 +136,7 @@ def write_reports(report: ParityReport, markdown: Path) -> None:
     for artifact in report.artifacts:
         if artifact.worst is None:
             continue
-        path = markdown.with_name(f"{markdown.stem}_{artifact.file.replace('.', '_')}.png")
+        path = picture_path(markdown, artifact.file)
         atomic_write(path, partial(_save_png, worst_image_panels(artifact.worst, report.preprocessing)))
         artifact.worst.png = path.name
         pictures.append(str(path))

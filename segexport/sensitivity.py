@@ -16,7 +16,6 @@ surgery (`precision.with_float_nodes`, milliseconds) instead of re-quantizing (s
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import onnx
 from segexport import precision
 from segexport.errors import SegexportError
 from segexport.localize import run_exposed
+from segexport.runtime.jsonfile import Fields, read_json
 
 Score = Callable[[onnx.ModelProto], float]  # agreement of a graph on the evaluation images
 Progress = Callable[[str], None]
@@ -165,17 +165,22 @@ def load_cached(path: Path | None, key: str) -> list[LayerSensitivity] | None:
     if path is None or not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-        if data.get("version") != CACHE_VERSION:
+        data = read_json(path, "sensitivity cache")
+        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
             return None
         entries = data.get("results", {}).get(key)
         if entries is None:
             return None
+        check = Fields(path)
         return [
             LayerSensitivity(
-                e["node"], e["op_type"], int(e["cost"]), float(e["loss_alone"]), float(e["gain_float"])
+                check.string(e["node"], f"results.{key}[{i}].node"),
+                check.string(e["op_type"], f"results.{key}[{i}].op_type"),
+                check.integer(e["cost"], f"results.{key}[{i}].cost"),
+                check.number(e["loss_alone"], f"results.{key}[{i}].loss_alone"),
+                check.number(e["gain_float"], f"results.{key}[{i}].gain_float"),
             )
-            for e in entries
+            for i, e in enumerate(check.listing(entries, f"results.{key}"))
         ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise SegexportError(f"{path}: not a segexport sensitivity cache ({error})") from error
@@ -185,8 +190,8 @@ def cache_document(path: Path | None, key: str, results: Sequence[LayerSensitivi
     """The cache file's new content: what it held for other graphs, plus these results."""
     data: dict[str, Any] = {"version": CACHE_VERSION, "results": {}}
     if path is not None and path.is_file():  # load_cached has read it: valid JSON
-        old = json.loads(path.read_text())
-        if old.get("version") == CACHE_VERSION:
+        old = read_json(path, "sensitivity cache")
+        if isinstance(old, dict) and old.get("version") == CACHE_VERSION:
             data["results"].update(old.get("results", {}))
     data["results"][key] = [{k: v for k, v in r.to_dict().items() if k != "benefit"} for r in results]
     return data

@@ -25,7 +25,8 @@ from segexport.losses import parse_loss
 from segexport.metrics import IoUReport, confusion_matrix, iou_report
 from segexport.reference import flatten_outputs
 from segexport.runtime import preprocess
-from segexport.weights import load_weights, resolve_weights, save_checkpoint
+from segexport.runtime.outputs import check_output
+from segexport.weights import checkpoint_record, load_weights, resolve_weights, save_checkpoint
 from segexport.zoo import create_model, get_spec
 from segexport.zoo.registry import ModelSpec
 
@@ -138,6 +139,14 @@ def _learning_rate(step: int, total: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint segexport wrote (its training record in the header): `--force` may replace it."""
+    try:
+        return checkpoint_record(path) is not None
+    except SegexportError:
+        return False
+
+
 def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Train, evaluate each epoch, save a state_dict with its recipe; returns the record."""
     say = progress or (lambda _message: None)
@@ -152,8 +161,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
         if value < 1:
             raise SegexportError(f"{name} must be >= 1, got {value}")
     spec.check_size(*config.size)
-    if config.out.exists() and not config.force:
-        raise SegexportError(f"{config.out} already exists; pass --force to replace it")
+    data_folder = None if config.data == "synthetic" else Path(config.data)
+    check_output(
+        config.out, config.force, directory=False, reads=[data_folder], option="--out", owned=_is_checkpoint
+    )
     total_samples = config.epochs * config.steps_per_epoch * config.batch_size
     train_set = open_dataset(config.data, "train", total_samples, config.size)
     eval_set = Resized(open_dataset(config.data, "eval", config.eval_images, config.size), config.size)

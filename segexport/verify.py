@@ -37,11 +37,12 @@ from segexport.reference import (
     spec_for,
     verify_runners,
 )
-from segexport.report import ArtifactResult, ParityReport, WorstImage, write_reports
+from segexport.report import ArtifactResult, ParityReport, WorstImage, check_report_paths, write_reports
 from segexport.runtime import Runner, open_runner
-from segexport.runtime.artifacts import check_writable_directory, read_manifest, vouched_bytes, vouched_path
+from segexport.runtime.artifacts import read_manifest, vouched_bytes, vouched_path
 from segexport.runtime.engine_records import tensorrt_unavailable_reason
 from segexport.runtime.files import FP32_ONNX, judged_precision
+from segexport.runtime.outputs import artifact_files
 from segexport.shapes import DynamicRange, InputShape
 from segexport.zoo.registry import ModelSpec
 
@@ -97,7 +98,8 @@ def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | N
         vouched_path(directory, FP32_ONNX, manifest)
     shapes = _check_shapes(request.shapes or [], manifest, spec)
     report_path = request.report or directory / REPORT_NAME
-    check_writable_directory(report_path.parent, "verify writes its reports there")
+    data_folder = None if request.data == "synthetic" else Path(request.data)
+    check_report_paths(report_path, [r.file for r in selected], [data_folder, *artifact_files(directory)])
     reference = _reference_runner(request, directory, manifest, spec.output_names)
     say(f"reference: {reference.name}")
     runners = _open_candidates(selected, directory, manifest, request)

@@ -66,4 +66,7 @@ def labelled_folder(data: str, manifest: dict[str, Any], count: int) -> Evaluati
     if data == "synthetic":
         return None
     classes = manifest["model"]["class_names"]
-    return evaluation_images(data, classes, count, data_size(manifest), need_labels=True)
+    folder = evaluation_images(data, classes, count, data_size(manifest), need_labels=True)
+    for index in range(folder.count):  # a wrong-size mask or an out-of-range label: refused now,
+        folder.items[index]  # as eval and verify refuse it, not "accuracy not measured" later
+    return folder

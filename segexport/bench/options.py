@@ -13,6 +13,7 @@ from pathlib import Path
 from segexport.errors import SegexportError
 from segexport.runtime.artifacts import MANIFEST
 from segexport.runtime.files import ENGINE_PRECISIONS, ONNX_FILES, engine_file
+from segexport.runtime.outputs import artifact_files
 
 Progress = Callable[[str], None]
 
@@ -59,6 +60,13 @@ class BenchRequest:
     seconds: float | None = None  # ... or a time budget per format [DEFAULT_SECONDS]
     data: str = "synthetic"
     eval_images: int = 8
+    max_seconds: float | None = None  # a wall-clock budget for all warm-up and timing loops
+
+
+# Upper bounds of the counts (10**9 meant hours of runs or an allocation failure).
+MAX_RUNS = 100_000
+MAX_WARMUP = 1_000
+MAX_EVAL_IMAGES = 10_000
 
 
 def parse_formats(text: str | Sequence[str]) -> list[str]:
@@ -105,13 +113,21 @@ def check_request(request: BenchRequest) -> None:
         raise SegexportError(f"--scenario {request.scenario!r}: use one of {', '.join(SCENARIOS)}")
     if request.runs is not None and request.seconds is not None:
         raise SegexportError("pass --runs or --seconds, not both")
-    for value, option in ((request.runs, "--runs"), (request.threads, "--threads")):
-        if value is not None and value < 1:
-            raise SegexportError(f"{option} must be >= 1, got {value}")
+    for value, option, low, high in (
+        (request.runs, "--runs", 1, MAX_RUNS),
+        (request.threads, "--threads", 1, None),
+        (request.warmup, "--warmup", 0, MAX_WARMUP),
+        (request.eval_images, "--eval-images", 1, MAX_EVAL_IMAGES),
+    ):
+        if value is not None and not (low <= value and (high is None or value <= high)):
+            limit = f"{low}..{high}" if high is not None else f">= {low}"
+            raise SegexportError(f"{option} must be {limit}, got {value}")
+    if request.max_seconds is not None and not (
+        math.isfinite(request.max_seconds) and request.max_seconds > 0
+    ):
+        raise SegexportError(f"--max-seconds must be a positive number, got {request.max_seconds}")
     if request.seconds is not None and not (math.isfinite(request.seconds) and request.seconds > 0):
         raise SegexportError(f"--seconds must be a positive number, got {request.seconds}")
-    if request.warmup < 0 or request.eval_images < 1:
-        raise SegexportError("--warmup must be >= 0 and --eval-images >= 1")
     batches = list(request.batches or [])
     if request.scenario == "single-stream" and batches not in ([], [1]):
         raise SegexportError("single-stream runs batch 1; --batch is for multi-stream and offline")
@@ -132,6 +148,12 @@ def check_request(request: BenchRequest) -> None:
         )
     if request.data != "synthetic" and not Path(request.data).is_dir():
         raise SegexportError(f"--data {request.data!r} is neither 'synthetic' nor a directory")
+
+
+def bench_reads(request: BenchRequest) -> list[Path | None]:
+    """What bench reads: its --report and --plot may be none of these, nor lie inside the data."""
+    data = None if request.data == "synthetic" else Path(request.data)
+    return [data, *artifact_files(request.artifacts if request.model is None else None)]
 
 
 def batches_for(request: BenchRequest) -> list[int]:

@@ -6,7 +6,7 @@ drawn with the Agg backend so that it works without a display.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,8 @@ from segexport.bench.options import PYTORCH
 from segexport.bench.rows import Row
 from segexport.bench.run import BenchResult
 from segexport.errors import SegexportError
-from segexport.runtime.artifacts import atomic_write, check_writable_directory
+from segexport.runtime.artifacts import atomic_write
+from segexport.runtime.outputs import check_output
 
 
 def format_report(result: BenchResult) -> str:
@@ -191,8 +192,11 @@ def write_plot(result: BenchResult, path: Path) -> None:
     plt.close(figure)
 
 
-def check_outputs(report: Path | None, plot: Path | None, force: bool) -> None:
-    """Refuse bad output paths before any work: wrong suffix, missing folder, an existing file."""
+def check_outputs(
+    report: Path | None, plot: Path | None, force: bool, reads: Iterable[Path | None] = ()
+) -> None:
+    """Refuse bad output paths before any work: wrong suffix, missing folder, an existing file,
+    or (the output policy) a path over what bench reads (`reads`)."""
     for path, suffix, option in ((report, ".md", "--report"), (plot, ".png", "--plot")):
         if path is None:
             continue
@@ -200,11 +204,7 @@ def check_outputs(report: Path | None, plot: Path | None, force: bool) -> None:
             raise SegexportError(f"{option} {path}: name a {suffix} file")
         if not path.parent.is_dir():
             raise SegexportError(f"{option} {path}: the folder {path.parent} does not exist")
-        check_writable_directory(path.parent, f"{option} is written there")
-        if os.path.lexists(path) and not force:
-            raise SegexportError(f"{path} already exists; pass --force to replace it")
-        if path.is_dir():
-            raise SegexportError(f"{option} {path} is a directory")
+        check_output(path, force, directory=False, reads=reads, option=option)
 
 
 def write_report(result: BenchResult, path: Path) -> None:

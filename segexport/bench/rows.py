@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ def open_rows(
     warmup: int,
     feeds: dict[str, np.ndarray],
     say: Progress,
+    deadline: float | None = None,
 ) -> tuple[list[Row], dict[int, Runner], str]:
     """Open each planned row (warm-up on `feeds`, the batch-1 timing input), measuring the memory it adds."""
     rows: list[Row] = []
@@ -127,6 +129,8 @@ def open_rows(
         try:
             runner = _open(item, directory, manifest, threads)
             for _ in range(warmup):
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break  # --max-seconds spent
                 runner.infer(feeds)
         except Exception as error:  # SegexportError says why; the runtime's own failures too
             known = isinstance(error, SegexportError)

@@ -49,6 +49,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
     say = progress or (lambda _message: None)
     check_request(request)
     started = time.perf_counter()
+    deadline = None if request.max_seconds is None else started + request.max_seconds
     threads = request.threads or usable_cores()
     with prepared_artifact(request, threads, say) as (directory, prepared):
         manifest = read_manifest(directory)
@@ -72,12 +73,23 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
         )
         warmup_feeds = {"image": timing_input(manifest, size, 1)}
         rows, runners, memory_note = open_rows(
-            plan, directory, manifest, threads, request.warmup, warmup_feeds, say
+            plan, directory, manifest, threads, request.warmup, warmup_feeds, say, deadline
         )
         try:
             accuracy_note = evaluate(rows, runners, manifest, request, folder, threads, trained, say)
             cpu_before, clock = cpu_seconds(), time.perf_counter()
-            time_rows(rows, runners, manifest, size, batches, request.scenario, request.warmup, runs, seconds)
+            time_rows(
+                rows,
+                runners,
+                manifest,
+                size,
+                batches,
+                request.scenario,
+                request.warmup,
+                runs,
+                seconds,
+                deadline,
+            )
             others = other_processes_cores(cpu_before, time.perf_counter() - clock)
         finally:
             for runner in runners.values():
@@ -97,6 +109,7 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
         "batches": batches,
         "threads": threads,
         "warmup": request.warmup,
+        "max_seconds": request.max_seconds,
         "runs": runs,
         "seconds_per_format": seconds,
         "data": request.data,

@@ -26,6 +26,11 @@ GPU_SPLIT_NOT_MEASURED = (
 )
 
 
+def past(deadline: float | None) -> bool:
+    """Whether `--max-seconds` (a `time.perf_counter()` deadline; None: no budget) is spent."""
+    return deadline is not None and time.perf_counter() >= deadline
+
+
 def timing_input(manifest: dict[str, Any], size: tuple[int, int], batch: int) -> np.ndarray:
     """The same preprocessed synthetic frames for every row (seeded: identical across runs)."""
     prep = manifest["preprocessing"]
@@ -43,20 +48,26 @@ def time_rows(
     warmup: int,
     runs: int | None,
     seconds: float | None,
+    deadline: float | None = None,
 ) -> None:
-    """Interleaved timed runs of every open row at each batch size; figures into the rows."""
+    """Interleaved timed runs of every open row at each batch size; figures into the rows.
+    Past `deadline` (--max-seconds) warm-ups stop and each batch size gets one round."""
     for batch in batches:
         feeds = {"image": timing_input(manifest, size, batch)}
         live = dict(runners)
         for index, runner in list(live.items()):
             try:
-                for _ in range(max(warmup if batch != 1 else 0, 1)):  # batch 1 warmed up at load
+                for done in range(max(warmup if batch != 1 else 0, 1)):  # batch 1 warmed up at load
+                    if done and past(deadline):
+                        break
                     runner.infer(feeds)
             except Exception as error:  # e.g. an engine built for smaller batches
                 failed = f"batch {batch} failed: {first_line(error)}"
                 rows[index].reason = "; ".join(filter(None, (rows[index].reason, failed)))
                 del live[index]
-        samples = interleaved_samples(list(live.values()), feeds, runs, seconds, f"timing batch {batch}")
+        samples = interleaved_samples(
+            list(live.values()), feeds, runs, seconds, f"timing batch {batch}", deadline
+        )
         for index, (latencies, enqueues) in zip(live, samples, strict=True):
             stats = latency_stats(latencies)
             row = rows[index]
@@ -101,6 +112,7 @@ def interleaved_samples(
     runs: int | None,
     seconds: float | None,
     label: str,
+    deadline: float | None = None,
 ) -> list[tuple[list[float], list[float]]]:
     """Latencies (ms) of each runner, one run of each per round, and enqueue times for runners
     that split submission from collection (TensorRT's `submit`/`result`)."""
@@ -120,8 +132,10 @@ def interleaved_samples(
         rounds += 1
         elapsed = time.perf_counter() - started
         bar.update(1 if runs else min(elapsed, budget or 0) - bar.n)
-        if (runs is not None and rounds >= runs) or (
-            budget is not None and elapsed >= budget and rounds >= MIN_TIMED_RUNS
+        if (
+            (runs is not None and rounds >= runs)
+            or (budget is not None and elapsed >= budget and rounds >= MIN_TIMED_RUNS)
+            or past(deadline)
         ):
             break
     bar.close()

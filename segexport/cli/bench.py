@@ -55,12 +55,23 @@ from segexport.cli.options import (
     type=click.IntRange(min=0),
     default=3,
     show_default=True,
-    help="Untimed runs per format before timing.",
+    help="Untimed runs per format before timing, up to 1000.",
 )
-@click.option("--runs", type=POSITIVE, help="Timed runs per format (instead of --seconds).")
+@click.option("--runs", type=POSITIVE, help="Timed runs per format, up to 100000 (instead of --seconds).")
 @click.option("--seconds", type=Float(min=0.0, min_open=True), help="Timed seconds per format [2].")
 @data_option("'synthetic' or a labelled folder.")
-@click.option("--eval-images", type=POSITIVE, default=8, show_default=True, help="Images for mIoU/agreement.")
+@click.option(
+    "--eval-images",
+    type=POSITIVE,
+    default=8,
+    show_default=True,
+    help="Images for mIoU/agreement, up to 10000.",
+)
+@click.option(
+    "--max-seconds",
+    type=Float(min=0.0, min_open=True),
+    help="Wall-clock budget: warm-up and timing loops stop when it is spent [no budget].",
+)
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the table as Markdown (.md).")
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Latency vs mIoU plot (.png; segexport[bench])."
@@ -71,13 +82,13 @@ def bench(
     as_json: bool, batches: str | None, report: Path | None, plot: Path | None, force: bool, **params: Any
 ) -> None:
     """One table of every format and backend: status, size, latency percentiles, FPS, memory, mIoU."""
-    from segexport.bench import BenchRequest, check_request, parse_batches, run_bench
+    from segexport.bench import BenchRequest, bench_reads, check_request, parse_batches, run_bench
     from segexport.bench.report import check_outputs, format_report, write_plot, write_report
     from segexport.report import json_safe
 
     request = BenchRequest(**params, batches=None if batches is None else parse_batches(batches))
     check_request(request)
-    check_outputs(report, plot, force)
+    check_outputs(report, plot, force, bench_reads(request))
     if plot is not None:
         import matplotlib  # noqa: F401  (the [bench] extra, checked before minutes of work)
     result = run_bench(request, progress=progress)

@@ -50,7 +50,11 @@ def model_arg_option(help: str = "Model option KEY=VALUE.") -> Decorator:
 
 
 def threads_option(help: str = "CPU threads for PyTorch and ONNX Runtime.") -> Decorator:
-    return click.option("--threads", type=POSITIVE, help=help)
+    """`--threads`, 1 to 4 per core of this machine (more crashes ONNX Runtime or only contends)."""
+    from segexport.runtime.runners import MAX_THREADS, THREADS_PER_CORE_CAP
+
+    cap = f" At most {MAX_THREADS} ({THREADS_PER_CORE_CAP} per core)."
+    return click.option("--threads", type=click.IntRange(1, MAX_THREADS), help=help + cap)
 
 
 def force_option(help: str) -> Decorator:

@@ -56,6 +56,11 @@ from segexport.runtime.backends import BACKEND_NAMES
     type=click.Choice(["rgb", "bgr"]),
     help="Colour order of camera frames [the camera library's].",
 )
+@click.option(
+    "--allow-damaged",
+    is_flag=True,
+    help="Keep going when a video loses frames (warn, count them in --json) [off: exit 1, no output].",
+)
 @threads_option("CPU threads for ONNX Runtime.")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
 @force_option("Replace an existing output.")
@@ -72,15 +77,17 @@ def run(
     resize_mode: str,
     batch: int,
     color: str | None,
+    allow_damaged: bool,
     threads: int | None,
     device: int,
     force: bool,
     as_json: bool,
 ) -> None:
     """Segment an image, a folder, a video or a camera with an artifact; masks at the input's size."""
-    from segexport.runtime.pipeline import run_media
+    from segexport.runtime.pipeline import check_run_output, run_media
     from segexport.runtime.segmenter import TTA, Segmenter
 
+    check_run_output(source, output, force, artifacts)  # the output policy, before the model loads
     refine = "crf" if crf else None
     segmenter = Segmenter.load(
         artifacts,
@@ -94,8 +101,15 @@ def run(
     )
     with segmenter:
         progress(segmenter.describe())
-        summary = run_media(segmenter, source, output, overlay, force, batch, color, progress=_frame_progress)
+        summary = run_media(
+            segmenter, source, output, overlay, force, batch, color, _frame_progress, artifacts=artifacts,
+            allow_damaged=allow_damaged,
+        )  # fmt: skip
     click.echo("", err=True)
+    if summary.lost_frames:
+        click.echo(
+            f"segexport: warning: {source}: {summary.lost_frames} frame(s) lost (damaged video)", err=True
+        )
     if as_json:
         echo_json({"ok": True, **summary.to_dict()})
     else:

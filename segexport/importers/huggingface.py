@@ -8,7 +8,6 @@ brought to the on-disk ones, then one two-way map leads to the zoo's SegFormer.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from segexport.errors import SegexportError, first_line
 from segexport.importers.base import Imported, Preprocessing, Reference
+from segexport.importers.configs import read_hf_config, read_preprocessor_config
 from segexport.importers.mapping import KeyMap, concat_pairs, split_pairs
 from segexport.weights import read_checkpoint, unwrap_state_dict
 from segexport.zoo.segformer import SEGFORMER_VARIANTS
@@ -86,17 +86,12 @@ _KV = (".attn.k.", ".attn.v.")
 
 
 def is_model_directory(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
+    return path.is_dir() and (path / "config.json").exists()
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SegexportError(f"{path / 'config.json'}: not readable JSON ({first_line(error)})") from error
-    if not isinstance(config, dict):
-        raise SegexportError(f"{path / 'config.json'}: expected a JSON object")
-    return config
+    """`config.json`, bounded and typed (importers.configs) before anything else reads the directory."""
+    return read_hf_config(path)
 
 
 def variant_of(config: dict[str, Any], path: Path) -> str:
@@ -152,10 +147,7 @@ def _preprocessing(path: Path) -> tuple[Preprocessing | None, tuple[int, int] | 
     file = path / "preprocessor_config.json"
     if not file.is_file():
         return None, None
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SegexportError(f"{file}: not readable JSON ({first_line(error)})") from error
+    config = read_preprocessor_config(file)
     prep = None
     if config.get("do_normalize", True) and "image_mean" in config and "image_std" in config:
         scale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0

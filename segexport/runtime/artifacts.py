@@ -290,10 +290,15 @@ def _is_artifact(target: Path) -> bool:
     return isinstance(data, dict) and "files" in data
 
 
-def check_writable_target(target: Path, force: bool, artifacts_only: bool = False) -> None:
+def check_writable_target(
+    target: Path,
+    force: bool,
+    artifacts_only: bool = False,
+    replaceable: Callable[[Path], bool] | None = None,
+) -> None:
     """Fail before any work if the directory could not be written, or `--force` would replace
     a symlink, a file or the current directory (or, with `artifacts_only`, anything but a
-    segexport artifact directory)."""
+    segexport artifact directory; with `replaceable`, a directory it does not accept)."""
     target = Path(os.path.abspath(target))
     if target.parent == target:
         raise SegexportError(f"{target}: refusing to write an artifact over the filesystem root")
@@ -308,6 +313,8 @@ def check_writable_target(target: Path, force: bool, artifacts_only: bool = Fals
                 f"{target} holds no segexport manifest; --force replaces only artifact directories, "
                 "refusing to delete it (choose another --out)"
             )
+        if replaceable is not None and not replaceable(target):
+            raise SegexportError(f"{target} was not written by segexport; refusing to replace it")
         if Path.cwd().resolve().is_relative_to(target.resolve()):
             raise SegexportError(f"{target} is (or holds) the current directory; refusing to replace it")
     parent = target.parent
@@ -347,9 +354,17 @@ def clean_stale_partials(directory: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def staged_directory(target: Path, force: bool, artifacts_only: bool = False) -> Iterator[Path]:
-    """Yield an empty hidden directory that replaces `target` only if the block succeeds."""
-    check_writable_target(target, force, artifacts_only)
+def staged_directory(
+    target: Path,
+    force: bool,
+    artifacts_only: bool = False,
+    replaceable: Callable[[Path], bool] | None = None,
+) -> Iterator[Path]:
+    """Yield an empty hidden directory that replaces `target` only if the block succeeds.
+
+    Commands other than the export stages go through `segexport.runtime.outputs`, which
+    adds the rules about inputs and markers."""
+    check_writable_target(target, force, artifacts_only, replaceable)
     target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_partials(target.parent)
@@ -358,7 +373,9 @@ def staged_directory(target: Path, force: bool, artifacts_only: bool = False) ->
         yield staging
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the usual directory mode
         if os.path.lexists(target):
-            check_writable_target(target, force, artifacts_only)  # still replaceable, right before it goes
+            check_writable_target(
+                target, force, artifacts_only, replaceable
+            )  # still replaceable, right before it goes
             retired = Path(tempfile.mkdtemp(prefix=_work_prefix(target.name, "old"), dir=target.parent))
             try:
                 os.replace(target, retired / target.name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from segexport.errors import SegexportError, UnavailableError, first_line
+from segexport.runtime.preprocessing import check_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
@@ -62,7 +63,9 @@ def list_images(folder: Path, what: str = "images") -> list[Path]:
     """The image files of a folder, sorted; an error when there are none."""
     if not folder.is_dir():
         raise SegexportError(f"{what} folder {folder} does not exist or is not a directory")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    for path in files:  # a FIFO or device under an image's name is refused, not opened (it would hang)
+        check_regular_file(path, "image")
     if not files:
         raise SegexportError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
@@ -98,6 +101,21 @@ def video_library() -> str:
 
 
 @dataclass
+class Damage:
+    """What a video read lost: packets that failed to decode, and whether it stopped early."""
+
+    decode_errors: int = 0
+    stopped: str | None = None  # the error that ended decoding, if one did
+    slack: int = 0  # frames a promise may be off by: 1 when estimated from the duration
+
+    def lost(self, promised: int | None, decoded: int) -> int:
+        """Frames lost: the container's promise minus what came out (at least the errors)."""
+        short = (promised - decoded) if promised else 0
+        short = short if short > self.slack else 0
+        return max(short, self.decode_errors, 1 if self.stopped else 0)
+
+
+@dataclass
 class FrameSource:
     """Frames of a video file or camera, in the colour order `color`, with what is known of them."""
 
@@ -106,12 +124,12 @@ class FrameSource:
     fps: float
     count: int | None
     size: tuple[int, int] | None = None  # (H, W) when known before decoding
+    damage: Damage = field(default_factory=Damage)
 
 
 def open_video(path: Path) -> FrameSource:
     """Open a video file now (so a bad one fails before any output exists); decode lazily."""
-    if not path.is_file():
-        raise SegexportError(f"{path}: no such video file")
+    check_regular_file(path, "video file")
     if video_library() == "av":
         import av
 
@@ -124,9 +142,20 @@ def open_video(path: Path) -> FrameSource:
             raise SegexportError(f"{path}: has no video stream")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
+        # The promise: the frame count the container lists, else its duration times the rate
+        # (Matroska lists no count; an estimate may be off by one frame).
         count = int(stream.frames) or None
+        damage = Damage()
+        if count is None and container.duration and stream.average_rate:
+            count = round(container.duration / 1_000_000 * fps) or None
+            damage.slack = 1
         return FrameSource(
-            _av_frames(container, stream, path), "rgb", fps, count, (stream.height, stream.width)
+            _av_frames(container, stream, path, damage),
+            "rgb",
+            fps,
+            count,
+            (stream.height, stream.width),
+            damage,
         )
     import cv2
 
@@ -138,14 +167,29 @@ def open_video(path: Path) -> FrameSource:
     return FrameSource(_cv2_frames(capture), "bgr", fps, count)
 
 
-def _av_frames(container: Any, stream: Any, path: Path) -> Iterator[np.ndarray]:
+def _av_frames(container: Any, stream: Any, path: Path, damage: Damage | None = None) -> Iterator[np.ndarray]:
+    """Decode packet by packet: a packet that fails to decode is counted in `damage` and
+    skipped (the caller decides whether a damaged read is acceptable); an error of the
+    container itself ends the read. Without `damage` (a camera) the first error ends it."""
+    import av
+
     try:
-        for frame in container.decode(stream):
-            yield frame.to_ndarray(format="rgb24")
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                if damage is None:
+                    raise
+                damage.decode_errors += 1
+                continue
+            for frame in frames:
+                yield frame.to_ndarray(format="rgb24")
     except Exception as error:
         if isinstance(error, SegexportError):
             raise
-        raise SegexportError(f"{path}: the video stopped decoding ({first_line(error)})") from error
+        if damage is None:
+            raise SegexportError(f"{path}: the video stopped decoding ({first_line(error)})") from error
+        damage.stopped = first_line(error)
     finally:
         container.close()
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from segexport.errors import SegexportError
-from segexport.runtime.artifacts import atomic_write, staged_directory
+from segexport.errors import DamagedInputError, SegexportError
 from segexport.runtime.media import (
     IMAGE_SUFFIXES,
     VIDEO_FORMATS,
@@ -27,6 +26,7 @@ from segexport.runtime.media import (
     save_mask_png,
     save_rgb,
 )
+from segexport.runtime.outputs import check_output, staged_output, write_output_file
 from segexport.runtime.preprocessing import read_rgb
 from segexport.runtime.segmenter import Segmenter
 from segexport.runtime.stream import StreamItem
@@ -45,6 +45,7 @@ class RunSummary:
     backend: str
     precision: str
     description: str
+    lost_frames: int = 0  # video frames that did not decode (only with allow_damaged)
 
     @property
     def fps(self) -> float:
@@ -55,14 +56,16 @@ class RunSummary:
 
 
 def input_kind(source: str) -> str:
-    """image, folder, video or camera (a bare number is a camera index)."""
-    if source.isdigit():
+    """image, folder, video or camera (a bare number of ASCII digits is a camera index)."""
+    if source.isascii() and source.isdigit():
         return "camera"
     path = Path(source)
     if path.is_dir():
         return "folder"
     if not path.exists():
         raise SegexportError(f"{source}: no such file, folder or camera index")
+    if not path.is_file():
+        raise SegexportError(f"{source}: not a regular file (a FIFO, device or socket); refusing to read it")
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"
@@ -75,7 +78,7 @@ def input_kind(source: str) -> str:
 
 class _Clock:
     def __init__(self, total: int | None, progress: Progress | None) -> None:
-        self.total, self.progress, self.done = total, progress, 0
+        self.total, self.progress, self.done, self.lost = total, progress, 0, 0
         self.started = time.perf_counter()
 
     def tick(self) -> None:
@@ -88,6 +91,14 @@ class _Clock:
         return time.perf_counter() - self.started
 
 
+def check_run_output(source: str, output: Path, force: bool, artifacts: Path | None = None) -> str:
+    """The output policy for `run` (before the model loads): returns the input's kind."""
+    kind = input_kind(source)
+    reads = [artifacts, None if kind == "camera" else Path(source)]
+    check_output(output, force, directory=kind in ("image", "folder"), reads=reads)
+    return kind
+
+
 def run_media(
     segmenter: Segmenter,
     source: str,
@@ -98,15 +109,34 @@ def run_media(
     color: str | None = None,
     progress: Progress | None = None,
     alpha: float = 0.5,
+    artifacts: Path | None = None,
+    allow_damaged: bool = False,
 ) -> RunSummary:
     """Segment `source` into `output`: a folder of palette PNG masks (and overlays) for images,
-    a colourised mask video or an overlay video for videos and cameras."""
-    kind = input_kind(source)
+    a colourised mask video or an overlay video for videos and cameras. `artifacts`, the
+    directory the segmenter came from, is protected like the input. A video that loses frames
+    (decode errors, fewer frames than its container promised) is refused with
+    DamagedInputError unless `allow_damaged`; the count is in the summary either way."""
+    kind = check_run_output(source, output, force, artifacts)
+    reads = [artifacts, None if kind == "camera" else Path(source)]
     if kind in ("image", "folder"):
         paths = [Path(source)] if kind == "image" else list_images(Path(source))
-        clock = _write_images(segmenter, paths, output, overlay, force, batch, progress, alpha)
+        clock = _write_images(segmenter, paths, output, overlay, force, batch, progress, alpha, reads)
     else:
-        clock = _write_video(segmenter, source, kind, output, overlay, force, batch, color, progress, alpha)
+        clock = _write_video(
+            segmenter,
+            source,
+            kind,
+            output,
+            overlay,
+            force,
+            batch,
+            color,
+            progress,
+            alpha,
+            reads,
+            allow_damaged,
+        )
     return RunSummary(
         source,
         kind,
@@ -116,6 +146,7 @@ def run_media(
         segmenter.backend,
         segmenter.precision,
         segmenter.describe(),
+        clock.lost,
     )
 
 
@@ -128,13 +159,14 @@ def _write_images(
     batch: int,
     progress: Progress | None,
     alpha: float,
+    reads: list[Path | None],
 ) -> _Clock:
     names = [f"{path.stem}.png" for path in paths]
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
         raise SegexportError(f"images share a name and would write the same mask: {', '.join(clashes[:5])}")
     clock = _Clock(len(paths), progress)
-    with staged_directory(output, force) as staging:
+    with staged_output(output, force, "run", reads) as staging:
         (staging / "masks").mkdir()
         if overlay:
             (staging / "overlays").mkdir()
@@ -158,12 +190,12 @@ def _write_video(
     color: str | None,
     progress: Progress | None,
     alpha: float,
+    reads: list[Path | None],
+    allow_damaged: bool = False,
 ) -> _Clock:
     container_format = VIDEO_FORMATS.get(output.suffix.lower())
     if container_format is None:
         raise SegexportError(f"{output}: a video output needs one of the suffixes {', '.join(VIDEO_FORMATS)}")
-    if output.exists() and not force:
-        raise SegexportError(f"{output} already exists; pass --force to replace it")
     if not output.parent.is_dir():
         raise SegexportError(f"{output.parent}: no such folder for the output")
     frames: FrameSource = open_camera(int(source), color) if kind == "camera" else open_video(Path(source))
@@ -190,6 +222,22 @@ def _write_video(
             writer.close()
         if clock.done == 0:
             raise SegexportError(f"{source}: no frames could be read")
+        clock.lost = frames.damage.lost(frames.count, clock.done) if kind == "video" else 0
+        if clock.lost and not allow_damaged:
+            raise DamagedInputError(
+                f"{source}: damaged video, {clock.lost} frame(s) lost "
+                f"({_damage_detail(frames, clock.done)}); "
+                "no output written (pass --allow-damaged to keep the frames that decoded)"
+            )
 
-    atomic_write(output, write, force=force)
+    write_output_file(output, write, force, reads)
     return clock
+
+
+def _damage_detail(frames: FrameSource, decoded: int) -> str:
+    parts = [f"{decoded} decoded" + (f" of {frames.count} the container lists" if frames.count else "")]
+    if frames.damage.decode_errors:
+        parts.append(f"{frames.damage.decode_errors} packet(s) failed to decode")
+    if frames.damage.stopped:
+        parts.append(f"decoding stopped: {frames.damage.stopped}")
+    return ", ".join(parts)

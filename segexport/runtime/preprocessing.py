@@ -8,6 +8,8 @@ tens of grey levels on a downscale: one implementation, not two that nearly agre
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +44,37 @@ def preprocess_for(preprocessing: Mapping[str, Any], images: np.ndarray) -> np.n
     return preprocess(images, preprocessing["mean"], preprocessing["std"], float(preprocessing["scale"]))
 
 
+def open_regular_file(path: Path, what: str = "image") -> Any:
+    """A binary handle on `path`, refused in one line unless it is a regular file.
+
+    The open does not block (a FIFO named `x.png` would hang a plain open) and the check is on
+    the open descriptor, so what is read is what was checked.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise SegexportError(f"{path}: no such {what}") from None
+    except OSError as error:
+        raise SegexportError(f"{path}: cannot read the {what} ({error.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SegexportError(f"{path}: not a regular file (a FIFO, device or socket); refusing to read it")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def check_regular_file(path: Path, what: str = "image") -> None:
+    """Refuse (one line) a path that is not a regular file, without opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SegexportError(f"{path}: no such {what}") from None
+    except OSError as error:
+        raise SegexportError(f"{path}: cannot read the {what} ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise SegexportError(f"{path}: not a regular file (a FIFO, device or socket); refusing to read it")
+
+
 @contextlib.contextmanager
 def open_image(path: Path, what: str = "image") -> Iterator[Any]:
     """A loaded PIL image; unreadable files and decompression bombs are one-line refusals.
@@ -54,9 +87,9 @@ def open_image(path: Path, what: str = "image") -> Iterator[Any]:
 
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_regular_file(path, what) as handle:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(handle) as image:
                 image.load()
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -67,8 +100,15 @@ def open_image(path: Path, what: str = "image") -> Iterator[Any]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Any PIL-readable image as RGB uint8 [H, W, 3]: grayscale, RGBA, palette, 16-bit."""
-    with open_image(path) as image:
+    """Any PIL-readable image as RGB uint8 [H, W, 3]: grayscale, RGBA, palette, 16-bit.
+
+    Oriented as viewers show it: an EXIF orientation tag (a phone's portrait JPEG) is
+    applied, so masks line up with the picture users see. Arrays are never rotated.
+    """
+    from PIL import ImageOps
+
+    with open_image(path) as loaded:
+        image = ImageOps.exif_transpose(loaded)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16/32-bit grayscale: scale the full range to 8 bits, not clip it.
             array = np.asarray(image, dtype=np.float64)

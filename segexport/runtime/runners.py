@@ -6,6 +6,7 @@ verification stage compares runners; robotics and video pipelines use them direc
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,19 @@ from segexport.runtime.artifacts import read_manifest, vouched_bytes
 from segexport.runtime.cpu_isa import int8_cpu_mismatch
 from segexport.runtime.files import emulates_tensorrt_qdq
 from segexport.runtime.inputs import check_input_shapes
+
+# `--threads` above this is refused: ONNX Runtime crashes (SIGSEGV) creating 100,000 threads,
+# and past a few per core more threads only contend.
+THREADS_PER_CORE_CAP = 4
+MAX_THREADS = THREADS_PER_CORE_CAP * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count below 1 or above MAX_THREADS (4 per core) in one line."""
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise SegexportError(
+            f"threads must be 1..{MAX_THREADS} ({THREADS_PER_CORE_CAP} per core here), got {threads}"
+        )
 
 
 class Runner(Protocol):
@@ -53,8 +67,7 @@ class OnnxRuntimeRunner:
         numerics (exact INT32 accumulation), the same on every machine."""
         import onnxruntime as ort
 
-        if threads is not None and threads < 1:
-            raise SegexportError(f"threads must be >= 1, got {threads}")
+        check_threads(threads)
         label = name or (Path(model).name if isinstance(model, (str, Path)) else "model.onnx")
         options = ort.SessionOptions()
         options.log_severity_level = 3

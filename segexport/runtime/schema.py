@@ -118,6 +118,8 @@ def validate_manifest(data: Any, source: Path) -> dict[str, Any]:
             check.string(origin["kind"], "source.kind")
     if "preprocessing" in manifest:
         _preprocessing(check, check.mapping(manifest["preprocessing"], "preprocessing"))
+    if manifest.get("palette") is not None:
+        _palette(check, manifest["palette"])
     for section in ("engines", "precisions", "verification", "onnx"):
         if section in manifest:
             for name, record in check.mapping(manifest[section], section).items():
@@ -161,3 +163,17 @@ def _preprocessing(check: _Checker, prep: dict[str, Any]) -> None:
             number = check.number(value, f"preprocessing.{key}[{index}]")
             if key == "std" and number <= 0:
                 raise check.fail(f"preprocessing.std[{index}]", f"must be > 0, got {number}")
+
+
+MAX_PALETTE_ROWS = 65536
+
+
+def _palette(check: _Checker, value: Any) -> None:
+    """Class colours: up to 65,536 rows of three integers 0..255 (a hand edit is one line)."""
+    rows = check.listing(value, "palette")
+    if len(rows) > MAX_PALETTE_ROWS:
+        raise check.fail("palette", f"has {len(rows)} rows; at most {MAX_PALETTE_ROWS}")
+    for index, row in enumerate(rows):
+        for channel, level in enumerate(check.listing(row, f"palette[{index}]", 3)):
+            if check.integer(level, f"palette[{index}][{channel}]") > 255:
+                raise check.fail(f"palette[{index}][{channel}]", f"must be 0..255, got {level}")

@@ -14,14 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from segexport.errors import SegexportError
-from segexport.runtime.artifacts import (
-    check_writable_target,
-    read_manifest,
-    sha256_file,
-    staged_directory,
-    vouched_path,
-)
+from segexport.runtime.artifacts import read_manifest, sha256_file, vouched_path
 from segexport.runtime.geometry import mask_dtype
+from segexport.runtime.outputs import check_output, staged_output
 from segexport.serving.triton.check import check_repository
 from segexport.serving.triton.config import (
     FORMATS,
@@ -90,7 +85,13 @@ def write_repository(request: TritonRequest, progress: Progress | None = None) -
             models[step_name] = (config, files)
     for model_name in models:
         check_name(model_name)
-        check_writable_target(request.repo / model_name, request.force)
+        check_output(
+            request.repo / model_name,
+            request.force,
+            directory=True,
+            reads=[request.artifacts],
+            option="--name",
+        )
 
     sidecar = sidecar_record(request, served, max_batch)
     written = []
@@ -100,7 +101,11 @@ def write_repository(request: TritonRequest, progress: Progress | None = None) -
         for model_name, (config, files) in models.items():
             say(f"writing {request.repo / model_name}")
             text = render_config(config)
-            staging = stack.enter_context(staged_directory(request.repo / model_name, request.force))
+            staging = stack.enter_context(
+                staged_output(
+                    request.repo / model_name, request.force, "triton", [request.artifacts], "--name"
+                )
+            )
             (staging / "config.pbtxt").write_text(text)
             (staging / VERSION).mkdir()
             files(staging / VERSION)
