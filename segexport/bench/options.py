@@ -59,6 +59,7 @@ class BenchRequest:
     seconds: float | None = None  # ... or a time budget per format [DEFAULT_SECONDS]
     data: str = "synthetic"
     eval_images: int = 8
+    profile: bool = False  # a per-op profile of each ONNX Runtime row (bench.profile)
 
 
 def parse_formats(text: str | Sequence[str]) -> list[str]:
