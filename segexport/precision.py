@@ -59,16 +59,37 @@ class Int8Scheme:
     purpose: str
     inputs_only: bool = False
     reduce_range: bool = False
+    # Ops whose outputs stay float although they read Q/DQ inputs (ORT's
+    # OpTypesToExcludeOutputQuantization); `inputs_only` keeps every op's output float.
+    float_outputs: tuple[str, ...] = ()
+    # Quantize the data-movement ops in `ops` (Transpose, Resize, MaxPool, ...) even where their
+    # input is float (ORT's ForceQuantizeNoInputCheck), so they move UINT8 instead of FP32.
+    force_pass_through: bool = False
+    # Rewrite stride-sized ConvTransposes as 1x1 Conv + DepthToSpace first (segexport.cpu_graph).
+    depth_to_space: bool = False
+
+    @property
+    def compute_ops(self) -> tuple[str, ...]:
+        """The weighted ops among `ops`: the layers the sensitivity fallback may keep float."""
+        return tuple(op for op in self.ops if op in QUANTIZED_OPS)
 
 
 INT8_SCHEMES = {
     # TensorRT: signed INT8 with zero point 0 everywhere (the only Q/DQ it accepts).
     "int8": Int8Scheme(False, QUANTIZED_OPS, "TensorRT (symmetric INT8, zero point 0)", inputs_only=True),
-    # ONNX Runtime on x86: asymmetric UINT8 activations let a Relu/Clip before a Q fold
-    # into the zero point and hit the U8S8 (VNNI) kernels; MatMul stays float because its
-    # int8 kernels are slower than FP32 GEMM at SegFormer's token shapes (measured: 0.97x
-    # with MatMul, 1.17x without, segformer-b0 512x512, 2 threads).
-    "int8-cpu": Int8Scheme(True, ("Conv", "ConvTranspose"), "ONNX Runtime on x86 CPUs (asymmetric UINT8)"),
+    # ONNX Runtime on x86: asymmetric UINT8 activations let a Relu/Clip before a Q fold into the
+    # zero point and hit the U8S8 (VNNI) kernels. MatMul is quantized with float outputs: ONNX
+    # Runtime fuses DQ -> MatMul into MatMulIntegerToFloat, and the attention Softmax then reads
+    # float (a quantized MatMul output made it a QLinearSoftmax, 17 % of segformer-b0's time).
+    # ConvTranspose becomes Conv + DepthToSpace (no integer ConvTranspose kernel on the CPU), and
+    # the data-movement ops between integer ops take Q/DQ so that they move UINT8.
+    "int8-cpu": Int8Scheme(
+        True,
+        ("Conv", "MatMul", "Concat", "MaxPool", "Resize", "Transpose", "DepthToSpace"),
+        "ONNX Runtime on x86 CPUs (asymmetric UINT8)",
+        float_outputs=("MatMul",),
+        depth_to_space=True,
+    ),
 }
 
 
@@ -332,7 +353,8 @@ def to_int8(
             "ActivationSymmetric": not scheme.unsigned_activations,
             "WeightSymmetric": True,
             "QuantizeBias": False,
-            "OpTypesToExcludeOutputQuantization": list(scheme.ops) if scheme.inputs_only else [],
+            "ForceQuantizeNoInputCheck": scheme.force_pass_through,
+            "OpTypesToExcludeOutputQuantization": list(scheme.ops if scheme.inputs_only else scheme.float_outputs),
         },
     )
     quantized = quantizer.quantize_model()
