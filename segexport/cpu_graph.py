@@ -36,7 +36,8 @@ def depth_to_space_candidates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         kernel = list(attributes.get("kernel_shape", []))  # type: ignore[call-overload]
         strides = list(attributes.get("strides", []))  # type: ignore[call-overload]
         flat = all(
-            not any(attributes.get(name, [])) for name in ("pads", "output_padding")  # type: ignore[call-overload]
+            not any(attributes.get(name, []))
+            for name in ("pads", "output_padding")  # type: ignore[call-overload]
         )
         if (
             len(kernel) == 2
@@ -78,7 +79,12 @@ def convtranspose_as_depth_to_space(model: onnx.ModelProto, ranges: Ranges) -> t
         nodes.append(onnx.helper.make_node("Conv", inputs, [packed], name=node.name, kernel_shape=[1, 1]))
         nodes.append(
             onnx.helper.make_node(
-                "DepthToSpace", [packed], list(node.output), name=f"{node.name}.d2s", blocksize=block, mode="CRD"
+                "DepthToSpace",
+                [packed],
+                list(node.output),
+                name=f"{node.name}.d2s",
+                blocksize=block,
+                mode="CRD",
             )
         )
         if node.output[0] in ranges:
@@ -92,5 +98,7 @@ def convtranspose_as_depth_to_space(model: onnx.ModelProto, ranges: Ranges) -> t
 
 
 def _add(model: onnx.ModelProto, name: str, array: np.ndarray) -> str:
-    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name)
+    )
     return name

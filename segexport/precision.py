@@ -354,7 +354,9 @@ def to_int8(
             "WeightSymmetric": True,
             "QuantizeBias": False,
             "ForceQuantizeNoInputCheck": scheme.force_pass_through,
-            "OpTypesToExcludeOutputQuantization": list(scheme.ops if scheme.inputs_only else scheme.float_outputs),
+            "OpTypesToExcludeOutputQuantization": list(
+                scheme.ops if scheme.inputs_only else scheme.float_outputs
+            ),
         },
     )
     quantized = quantizer.quantize_model()
