@@ -240,9 +240,10 @@ class Stream:
     Three worker threads: one pulls frames and pre-processes them, one runs the network (through
     the runner's own two-frames-in-flight stream where it has one: TensorRT), one post-processes;
     the consumer only takes finished masks. Bounded queues between them keep memory flat, and
-    a single thread per stage keeps frames in order; `times` sums each stage's seconds. An exception in either is raised in
-    the consumer. Closing (or leaving a `with` block, or dropping the stream after `break`)
-    stops both threads and closes the frame source if it is a generator.
+    a single thread per stage keeps frames in order; `times` sums each stage's seconds. An
+    exception in any of them is raised in the consumer. Closing (or leaving a `with` block, or
+    dropping the stream after `break`) stops the threads and closes the frame source if it is
+    a generator.
     """
 
     def __init__(self, segmenter: Segmenting, frames: Iterable[Any], options: StreamOptions) -> None:
