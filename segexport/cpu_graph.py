@@ -13,6 +13,8 @@ The TensorRT graph keeps the ConvTranspose: TensorRT runs it in INT8.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -20,7 +22,7 @@ from onnx import numpy_helper
 Ranges = dict[str, tuple[float, float]]
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, object]:
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -33,18 +35,15 @@ def depth_to_space_candidates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         if node.op_type != "ConvTranspose" or len(node.input) < 2 or node.input[1] not in weights:
             continue
         attributes = _attributes(node)
-        kernel = list(attributes.get("kernel_shape", []))  # type: ignore[call-overload]
-        strides = list(attributes.get("strides", []))  # type: ignore[call-overload]
-        flat = all(
-            not any(attributes.get(name, []))
-            for name in ("pads", "output_padding")  # type: ignore[call-overload]
-        )
+        kernel = list(attributes.get("kernel_shape", []))
+        strides = list(attributes.get("strides", []))
+        flat = all(not any(attributes.get(name, [])) for name in ("pads", "output_padding"))
         if (
             len(kernel) == 2
             and kernel == strides
             and kernel[0] == kernel[1]
             and attributes.get("group", 1) == 1
-            and set(attributes.get("dilations", [1, 1])) == {1}  # type: ignore[call-overload]
+            and set(attributes.get("dilations", [1, 1])) == {1}
             and attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
             and "output_shape" not in attributes
             and flat
@@ -66,7 +65,7 @@ def convtranspose_as_depth_to_space(model: onnx.ModelProto, ranges: Ranges) -> t
         if node.name not in chosen:
             nodes.append(node)
             continue
-        block = int(_attributes(node)["kernel_shape"][0])  # type: ignore[index]
+        block = int(_attributes(node)["kernel_shape"][0])
         weight = numpy_helper.to_array(weights[node.input[1]])  # [C_in, C_out, k, k]
         c_in, c_out = weight.shape[:2]
         # DepthToSpace "CRD": output channel c, offset (a, b) reads input channel c*k*k + a*k + b.

@@ -272,7 +272,7 @@ class Stream:
             self.close()
             raise item.error
         self._workers.times.frames += 1
-        return item  # type: ignore[no-any-return]
+        return item
 
     @property
     def times(self) -> StageTimes:
