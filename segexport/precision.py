@@ -12,7 +12,6 @@ deployments that stay on the CPU.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,12 @@ import onnx
 from onnx import TensorProto
 
 from segexport.errors import SegexportError
+
+# The schemes (where Q/DQ goes, per target) live in int8_schemes; re-exported from their old home.
+from segexport.int8_schemes import INT8_SCHEMES as INT8_SCHEMES
+from segexport.int8_schemes import QUANTIZED_OPS as QUANTIZED_OPS
+from segexport.int8_schemes import Int8Scheme as Int8Scheme
+from segexport.int8_schemes import int8_cpu_scheme as int8_cpu_scheme
 from segexport.runtime.jsonfile import Fields, read_json
 
 # Ops that overflow or lose too much in FP16 (platform notes): normalisation statistics,
@@ -40,46 +45,6 @@ FP32_OPS = (
     "Exp",
     "Log",
 )
-
-# Explicit quantization as TensorRT expects it: Q/DQ on the inputs of compute ops only.
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-
-
-@dataclass(frozen=True)
-class Int8Scheme:
-    """Where Q/DQ goes and how activations are encoded; weights are always symmetric per-channel INT8.
-
-    `inputs_only`: Q/DQ only where a quantized op reads it, as TensorRT's placement guidance
-    asks (quantize the inputs of weighted ops, not their outputs); every other reader of a
-    quantized tensor (a residual Add, a layer kept float) reads the float tensor. It also
-    keeps grouped convolutions whose channels per group TensorRT cannot run in INT8 float.
-    """
-
-    unsigned_activations: bool
-    ops: tuple[str, ...]
-    purpose: str
-    inputs_only: bool = False
-    reduce_range: bool = False
-
-
-INT8_SCHEMES = {
-    # TensorRT: signed INT8 with zero point 0 everywhere (the only Q/DQ it accepts).
-    "int8": Int8Scheme(False, QUANTIZED_OPS, "TensorRT (symmetric INT8, zero point 0)", inputs_only=True),
-    # ONNX Runtime on x86: asymmetric UINT8 activations let a Relu/Clip before a Q fold
-    # into the zero point and hit the U8S8 (VNNI) kernels; MatMul stays float because its
-    # int8 kernels are slower than FP32 GEMM at SegFormer's token shapes (measured: 0.97x
-    # with MatMul, 1.17x without, segformer-b0 512x512, 2 threads).
-    "int8-cpu": Int8Scheme(True, ("Conv", "ConvTranspose"), "ONNX Runtime on x86 CPUs (asymmetric UINT8)"),
-}
-
-
-def int8_cpu_scheme(cpu_isa: str) -> Int8Scheme:
-    """The CPU scheme for a target's INT8 arithmetic (segexport.runtime.cpu_isa): without VNNI,
-    7-bit weights keep every pair of UINT8 x INT8 products inside the kernels' 16-bit sums."""
-    base = INT8_SCHEMES["int8-cpu"]
-    if cpu_isa == "vnni":
-        return dataclasses.replace(base, purpose=f"{base.purpose}, full-range weights for VNNI")
-    return dataclasses.replace(base, purpose=f"{base.purpose}, 7-bit weights for AVX2", reduce_range=True)
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32_ops: Sequence[str] = FP32_OPS) -> onnx.ModelProto:
@@ -354,7 +319,10 @@ def to_int8(
             "ActivationSymmetric": not scheme.unsigned_activations,
             "WeightSymmetric": True,
             "QuantizeBias": False,
-            "OpTypesToExcludeOutputQuantization": list(scheme.ops) if scheme.inputs_only else [],
+            "ForceQuantizeNoInputCheck": scheme.force_pass_through,
+            "OpTypesToExcludeOutputQuantization": list(
+                scheme.ops if scheme.inputs_only else scheme.float_outputs
+            ),
         },
     )
     quantized = quantizer.quantize_model()

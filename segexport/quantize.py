@@ -8,6 +8,7 @@ in float when INT8 misses the agreement target, and records everything in the ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import numpy as np
 import onnx
 import torch
 
-from segexport import precision, readiness, sensitivity
+from segexport import cpu_graph, precision, readiness, sensitivity
 from segexport.compare import OutputStats, Tolerance
 from segexport.data import SYNTHETIC_CLASSES, ImageFolder, SyntheticScenes, evaluation_images
 from segexport.errors import SegexportError
@@ -318,6 +319,9 @@ def _int8(
     cpu_isa = resolve_cpu_isa(request.cpu_isa)
     scheme = _scheme(name, cpu_isa)
     say(f"quantizing {name}: {scheme.purpose}")
+    if scheme.depth_to_space:  # the CPU graph's rewrite; every later step sees the rewritten graph
+        fp32, ranges = cpu_graph.convtranspose_as_depth_to_space(fp32, calibration.ranges)
+        calibration = dataclasses.replace(calibration, ranges=ranges)
     plain = precision.to_int8(fp32, calibration, scheme=scheme)
     int8 = plain
 
@@ -407,7 +411,7 @@ def _sensitivities(
     excluded = set(precision.output_producers(fp32))
     if scheme.inputs_only:
         excluded |= set(precision.int8_incapable_convs(fp32))
-    layers = [n.name for n in fp32.graph.node if n.op_type in scheme.ops and n.name not in excluded]
+    layers = [n.name for n in fp32.graph.node if n.op_type in scheme.compute_ops and n.name not in excluded]
     cache = None if request.calib_cache is None else request.calib_cache.with_suffix(".sensitivity.json")
     key = sensitivity.cache_key(plain, evalset.reference)
     cached = sensitivity.load_cached(cache, key)

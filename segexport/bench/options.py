@@ -60,6 +60,7 @@ class BenchRequest:
     seconds: float | None = None  # ... or a time budget per format [DEFAULT_SECONDS]
     data: str = "synthetic"
     eval_images: int = 8
+    profile: bool = False  # a per-op profile of each ONNX Runtime row (bench.profile)
     max_seconds: float | None = None  # a wall-clock budget for all warm-up and timing loops
 
 

@@ -47,6 +47,9 @@ def format_report(result: BenchResult) -> str:
             f"- prepared here: {done}; ONNX nodes {nodes['raw']} raw -> {nodes['simplified']} simplified"
         )
     lines += ["", *_table(result.rows, header["scenario"]), ""]
+    profiles = profile_lines(result.rows)
+    if profiles:
+        lines += [*profiles, ""]
     notes = _notes(result.rows)
     if header.get("machine_warning"):
         notes.append(f"warning: {header['machine_warning']}")
@@ -108,6 +111,31 @@ def _table(rows: list[Row], scenario: str) -> list[str]:
             if row.batches:
                 tried = ", ".join(f"batch {b}: {f['throughput_fps']:.1f}" for b, f in row.batches.items())
                 lines.append(f"- {row.format} on {row.backend}: {tried}")
+    return lines
+
+
+PROFILE_TOP = 8  # op types listed per row; the rest summed as "other"
+
+
+def profile_lines(rows: list[Row]) -> list[str]:
+    """`--profile`: per row, the op types that take the most kernel time, with their shares."""
+    lines = []
+    for row in rows:
+        profile = row.profile
+        if not profile:
+            continue
+        if "ops" not in profile:
+            lines.append(f"- {row.format} on {row.backend}: {profile['reason']}")
+            continue
+        ops = list(profile["ops"].items())
+        shown = ", ".join(f"{op} {f['share']:.0%} ({f['ms']:.1f} ms)" for op, f in ops[:PROFILE_TOP])
+        rest = sum(f["share"] for _, f in ops[PROFILE_TOP:])
+        lines.append(
+            f"- {row.format} on {row.backend}: kernels {profile['kernel_ms']:.1f} ms of "
+            f"{profile['run_ms']:.1f} ms per run: {shown}" + (f", other {rest:.0%}" if rest else "")
+        )
+    if lines:
+        lines.insert(0, "per-op profile (ONNX Runtime's profiler, share of kernel time per op type):")
     return lines
 
 

@@ -54,6 +54,7 @@ class Row:
     enqueue_ms: float | None = None
     batches: dict[int, dict[str, float]] = field(default_factory=dict)  # offline: each batch tried
     warning: str | None = None
+    profile: dict[str, Any] | None = None  # --profile: kernel time per op type (bench.profile)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -27,6 +27,7 @@ from segexport.bench.options import (
     parse_formats,
 )
 from segexport.bench.prepare import prepared_artifact
+from segexport.bench.profile import profile_rows
 from segexport.bench.rows import Row, close_runner, open_rows, plan_rows
 from segexport.bench.timing import GPU_SPLIT_NOT_MEASURED, ratios_to_pytorch, time_rows, timing_input
 from segexport.errors import SegexportError
@@ -91,6 +92,10 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
                 deadline,
             )
             others = other_processes_cores(cpu_before, time.perf_counter() - clock)
+            if request.profile:
+                say("profiling each ONNX Runtime row (after timing, in sessions of its own)")
+                feeds = {"image": timing_input(manifest, size, batches[0])}
+                profile_rows(rows, runners, directory, manifest, threads, feeds)
         finally:
             for runner in runners.values():
                 close_runner(runner)

@@ -72,6 +72,11 @@ from segexport.cli.options import (
     type=Float(min=0.0, min_open=True),
     help="Wall-clock budget: warm-up and timing loops stop when it is spent [no budget].",
 )
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Also a per-op profile of each ONNX Runtime row: share of kernel time per op type [off].",
+)
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the table as Markdown (.md).")
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Latency vs mIoU plot (.png; segexport[bench])."

@@ -117,6 +117,7 @@ def run(
             f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps) on "
             f"{summary.backend} {summary.precision}; wrote {summary.output}"
         )
+        click.echo(summary.stages_line())
 
 
 def _frame_progress(done: int, total: int | None, fps: float) -> None:

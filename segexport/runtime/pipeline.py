@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from segexport.runtime.media import (
 from segexport.runtime.outputs import check_output, staged_output, write_output_file
 from segexport.runtime.preprocessing import read_rgb
 from segexport.runtime.segmenter import Segmenter
-from segexport.runtime.stream import StreamItem
+from segexport.runtime.stream import StageTimes, StreamItem
 
 # done, total (None: unknown), frames per second so far
 Progress = Callable[[int, "int | None", float], None]
@@ -46,13 +46,30 @@ class RunSummary:
     precision: str
     description: str
     lost_frames: int = 0  # video frames that did not decode (only with allow_damaged)
+    # Milliseconds per frame of each stage (decode, pre, infer, post, encode): the stages overlap
+    # in threads, so end-to-end runs at the slowest one, not at their sum.
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def inference_fps(self) -> float:
+        """Frames per second of the inference stage alone, as it ran inside the pipeline."""
+        infer = self.stages_ms.get("infer", 0.0)
+        return 1000 / infer if infer > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fps": round(self.fps, 2)}
+        return {**asdict(self), "fps": round(self.fps, 2), "inference_fps": round(self.inference_fps, 2)}
+
+    def stages_line(self) -> str:
+        """The per-stage figures for the closing message."""
+        stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in self.stages_ms.items())
+        return (
+            f"per frame (ms): {stages}; end-to-end {self.fps:.1f} fps, "
+            f"inference alone {self.inference_fps:.1f} fps"
+        )
 
 
 def input_kind(source: str) -> str:
@@ -80,6 +97,11 @@ class _Clock:
     def __init__(self, total: int | None, progress: Progress | None) -> None:
         self.total, self.progress, self.done, self.lost = total, progress, 0, 0
         self.started = time.perf_counter()
+        self.stages = StageTimes()  # the stream's, once it runs
+
+    def encoded(self, started: float) -> None:
+        """The consumer's stage: writing one frame's outputs, since `started`."""
+        self.stages.add("encode", time.perf_counter() - started)
 
     def tick(self) -> None:
         self.done += 1
@@ -147,6 +169,7 @@ def run_media(
         segmenter.precision,
         segmenter.describe(),
         clock.lost,
+        clock.stages.per_frame_ms(),
     )
 
 
@@ -171,10 +194,13 @@ def _write_images(
         if overlay:
             (staging / "overlays").mkdir()
         with segmenter.stream((read_rgb(path) for path in paths), batch=batch, color="rgb") as stream:
+            clock.stages = stream.times
             for item in stream:
+                started = time.perf_counter()
                 save_mask_png(item.mask, staging / "masks" / names[item.number], segmenter.palette)
                 if overlay:
                     save_rgb(item.mask.overlay(item.frame, alpha), staging / "overlays" / names[item.number])
+                clock.encoded(started)
                 clock.tick()
     return clock
 
@@ -212,8 +238,11 @@ def _write_video(
         writer = VideoWriter(temp, frames.fps, container_format)
         try:
             with segmenter.stream(frames.frames, batch=batch, color=order) as stream:
+                clock.stages = stream.times
                 for item in stream:
+                    started = time.perf_counter()
                     writer.write(picture(item))
+                    clock.encoded(started)
                     clock.tick()
         except KeyboardInterrupt:
             if kind != "camera":

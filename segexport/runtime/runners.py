@@ -61,10 +61,12 @@ class OnnxRuntimeRunner:
         manifest: dict[str, Any] | None = None,
         name: str | None = None,
         emulate_qdq: bool = False,
+        profile_prefix: str | None = None,
     ) -> None:
         """`emulate_qdq`: run Q/DQ nodes as written instead of ONNX Runtime's fused integer
         kernels, whose arithmetic differs between CPUs (segexport.runtime.cpu_isa): TensorRT's
-        numerics (exact INT32 accumulation), the same on every machine."""
+        numerics (exact INT32 accumulation), the same on every machine. `profile_prefix`: turn on
+        ONNX Runtime's profiler, its JSON written from that prefix (`session.end_profiling()`)."""
         import onnxruntime as ort
 
         check_threads(threads)
@@ -76,6 +78,9 @@ class OnnxRuntimeRunner:
             options.inter_op_num_threads = 1
         if emulate_qdq:
             options.add_session_config_entry("session.disable_quant_qdq", "1")
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, sess_options=options, providers=list(providers))

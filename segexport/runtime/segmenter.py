@@ -12,9 +12,11 @@ serialised by a lock. `stream()` runs its own worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,6 +323,34 @@ class Segmenter:
                     item.outputs[view] = outputs[row]
         for item in items:
             item.tensors = []  # free the inputs early: streams hold many items
+
+    def _pipelined(self) -> Callable[[Iterable[_Prepared]], Iterator[_Prepared]] | None:
+        """The runner's own stream with two frames in flight (TensorRT's `infer_stream`), where
+        one frame is one inference (no TTA views, batch 1 accepted); None otherwise."""
+        infer_stream = getattr(self._runner, "infer_stream", None)
+        if infer_stream is None or len(self._views) != 1 or self.rule.batch[0] != 1:
+            return None
+        lock = self._lock or contextlib.nullcontext()
+
+        def run(items: Iterable[_Prepared]) -> Iterator[_Prepared]:
+            waiting: deque[_Prepared] = deque()
+
+            def feeds() -> Iterator[dict[str, np.ndarray]]:
+                for item in items:
+                    waiting.append(item)
+                    yield {self._input: item.tensors[0][None]}
+
+            outputs_of = infer_stream(feeds())
+            while True:
+                with lock:  # one step: submit the next frame, collect the oldest
+                    outputs = next(outputs_of, None)
+                if outputs is None:
+                    return
+                item = waiting.popleft()
+                item.outputs, item.tensors = [outputs[self._output][0]], []
+                yield item
+
+        return run
 
     def _probabilities(self, item: _Prepared) -> np.ndarray:
         total: np.ndarray | None = None

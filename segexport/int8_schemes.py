@@ -1,0 +1,69 @@
+"""The INT8 schemes: where Q/DQ goes and how activations are encoded, for TensorRT (`model.int8.onnx`)
+and for ONNX Runtime's x86 kernels (`model.int8-cpu.onnx`). `segexport.precision` applies them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Explicit quantization as TensorRT expects it: Q/DQ on the inputs of compute ops only.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """Where Q/DQ goes and how activations are encoded; weights are always symmetric per-channel INT8.
+
+    `inputs_only`: Q/DQ only where a quantized op reads it, as TensorRT's placement guidance
+    asks (quantize the inputs of weighted ops, not their outputs); every other reader of a
+    quantized tensor (a residual Add, a layer kept float) reads the float tensor. It also
+    keeps grouped convolutions whose channels per group TensorRT cannot run in INT8 float.
+    """
+
+    unsigned_activations: bool
+    ops: tuple[str, ...]
+    purpose: str
+    inputs_only: bool = False
+    reduce_range: bool = False
+    # Ops whose outputs stay float although they read Q/DQ inputs (ORT's
+    # OpTypesToExcludeOutputQuantization); `inputs_only` keeps every op's output float.
+    float_outputs: tuple[str, ...] = ()
+    # Quantize the data-movement ops in `ops` (Transpose, Resize, MaxPool, ...) even where their
+    # input is float (ORT's ForceQuantizeNoInputCheck), so they move UINT8 instead of FP32.
+    force_pass_through: bool = False
+    # Rewrite stride-sized ConvTransposes as 1x1 Conv + DepthToSpace first (segexport.cpu_graph).
+    depth_to_space: bool = False
+
+    @property
+    def compute_ops(self) -> tuple[str, ...]:
+        """The weighted ops among `ops`: the layers the sensitivity fallback may keep float."""
+        return tuple(op for op in self.ops if op in QUANTIZED_OPS)
+
+
+INT8_SCHEMES = {
+    # TensorRT: signed INT8 with zero point 0 everywhere (the only Q/DQ it accepts).
+    "int8": Int8Scheme(False, QUANTIZED_OPS, "TensorRT (symmetric INT8, zero point 0)", inputs_only=True),
+    # ONNX Runtime on x86: asymmetric UINT8 activations let a Relu/Clip before a Q fold into the
+    # zero point and hit the U8S8 (VNNI) kernels. MatMul is quantized with float outputs: ONNX
+    # Runtime fuses DQ -> MatMul into MatMulIntegerToFloat, and the attention Softmax then reads
+    # float (a quantized MatMul output made it a QLinearSoftmax, 17 % of segformer-b0's time).
+    # ConvTranspose becomes Conv + DepthToSpace (no integer ConvTranspose kernel on the CPU), and
+    # the data-movement ops between integer ops take Q/DQ so that they move UINT8.
+    "int8-cpu": Int8Scheme(
+        True,
+        ("Conv", "MatMul", "Concat", "MaxPool", "Resize", "Transpose", "DepthToSpace"),
+        "ONNX Runtime on x86 CPUs (asymmetric UINT8)",
+        float_outputs=("MatMul",),
+        depth_to_space=True,
+    ),
+}
+
+
+def int8_cpu_scheme(cpu_isa: str) -> Int8Scheme:
+    """The CPU scheme for a target's INT8 arithmetic (segexport.runtime.cpu_isa): without VNNI,
+    7-bit weights keep every pair of UINT8 x INT8 products inside the kernels' 16-bit sums."""
+    base = INT8_SCHEMES["int8-cpu"]
+    if cpu_isa == "vnni":
+        return dataclasses.replace(base, purpose=f"{base.purpose}, full-range weights for VNNI")
+    return dataclasses.replace(base, purpose=f"{base.purpose}, 7-bit weights for AVX2", reduce_range=True)
