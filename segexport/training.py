@@ -22,7 +22,7 @@ from torch import nn
 from segexport.data import IGNORE_INDEX, LabelledImages, Resized, SyntheticScenes, open_dataset
 from segexport.errors import SegexportError
 from segexport.losses import parse_loss
-from segexport.metrics import IoUReport, confusion_matrix, iou_report
+from segexport.runtime.metrics import IoUReport, confusion_matrix, iou_report
 from segexport.reference import flatten_outputs
 from segexport.runtime import preprocess
 from segexport.weights import load_weights, resolve_weights, save_checkpoint
