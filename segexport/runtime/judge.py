@@ -8,8 +8,9 @@ images.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from segexport.runtime.compare import (
     OutputStats,
     ShapeResult,
     Tolerance,
+    VerificationReport,
     compare_arrays,
 )
 from segexport.runtime.preprocessing import preprocess_for
@@ -61,6 +63,21 @@ class Judgement:
             ]
         return lines
 
+    def to_dict(self) -> dict[str, Any]:
+        """The summary an engine record keeps: figures of the label output, and the verdict."""
+        out = self.label_output()
+        return {
+            "against": NOT_RERUN,
+            "passed": self.passed,
+            "images": self.images,
+            "agreement": None if out is None else out.agreement,
+            "rel_l2": None if out is None else out.rel_l2,
+            "miou": None if out is None else out.miou,
+            "miou_pytorch_fp32": None if out is None else out.miou_reference,
+            "shapes": [result.shape for result in self.shapes],
+            "failures": self.failures(),
+        }
+
     def label_output(self) -> OutputComparison | None:
         """The first output judged by labels (agreement, mIoU), else the first output."""
         labelled = [o for o in self.outputs if o.agreement is not None]
@@ -80,16 +97,17 @@ def judge_runner(
 ) -> Judgement:
     """`runner` on every recorded set, compared with PyTorch's recorded outputs.
 
-    `max_batch` splits the image set to what the runner takes; `fits` skips check shapes
-    outside an engine's profile (None: every shape).
+    `max_batch` splits the image set to what the runner takes; `fits` skips sets whose
+    shape is outside an engine's profile (None: every set).
     """
     judgement = Judgement(runner.name)
     try:
         for recorded in reference.sets:
-            if recorded.kind == "images":
+            shape = (len(recorded.images), 3, *recorded.images.shape[1:3])
+            if recorded.kind == "images" and (fits is None or fits((1, *shape[1:]))):
                 judgement.outputs = _judge_images(reference, recorded, runner, tolerance, max(1, max_batch))
                 judgement.images = len(recorded.images)
-            elif fits is None or fits((len(recorded.images), 3, *recorded.images.shape[1:3])):
+            elif recorded.kind == "shape" and (fits is None or fits(shape)):
                 judgement.shapes.append(_judge_shape(reference, recorded, runner, tolerance))
     except Exception as error:  # the runtime's own error types
         judgement.error = first_line(error)
@@ -122,3 +140,30 @@ def _judge_shape(
         for name in reference.output_names
     ]
     return ShapeResult(recorded.shape, all(o.passed for o in outputs), outputs)
+
+
+def compare_on_feeds(
+    reference: Runner,
+    candidate: Runner,
+    cases: Iterable[tuple[str, dict[str, np.ndarray]]],
+    tolerance: Tolerance,
+    label_outputs: Sequence[str],
+    progress: Callable[[str], None] | None = None,
+) -> VerificationReport:
+    """Both runners on the same feeds, one ShapeResult per (label, feeds) case."""
+    results = []
+    for label, feeds in cases:
+        if progress:
+            progress(f"verifying at {label}")
+        expected = reference.infer(feeds)
+        try:
+            actual = candidate.infer(feeds)
+        except Exception as error:  # the candidate runtime's own error types
+            results.append(ShapeResult(label, False, error=first_line(error)))
+            continue
+        outputs = [
+            compare_arrays(name, expected[name], actual[name], tolerance, name in label_outputs)
+            for name in reference.output_names
+        ]
+        results.append(ShapeResult(label, all(o.passed for o in outputs), outputs))
+    return VerificationReport(reference.name, candidate.name, tolerance, results)
