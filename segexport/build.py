@@ -242,14 +242,13 @@ def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, 
         from segexport.quantize import QuantizeRequest, quantize_artifact
 
         say(f"no {source} in {directory}: running the {options.precision.upper()} stage first")
-        calib = {} if request.calib is None else {"calib": request.calib}
         quantize_artifact(
             QuantizeRequest(
                 artifacts=directory,
                 fp16=options.precision == "fp16",
                 int8=options.precision == "int8",
                 threads=request.threads,
-                **calib,
+                calib=QuantizeRequest.calib if request.calib is None else request.calib,
             ),
             progress=say,
         )
@@ -314,8 +313,8 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     plan = build_engine(directory / source, profile, options, say)
     record = engine_build_record(options, profile, trt.__version__, gpu, source)
     record["build_seconds"] = round(time.perf_counter() - started, 2)
-    record["delivered"] = delivered_precisions(inspect_engine(plan))
-    say(f"delivered precision: {record['delivered']['precisions']} over {record['delivered']['layers']} layers")
+    delivered = record["delivered"] = delivered_precisions(inspect_engine(plan))
+    say(f"delivered precision: {delivered['precisions']} over {delivered['layers']} layers")
     refuse_contradiction(name, options.precision, record["delivered"])
     report = check_engine(plan, record, directory / source, reference, profile, request.threads, say)
     record["verification"] = report.to_dict()

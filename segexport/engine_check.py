@@ -152,7 +152,11 @@ def delivered_precisions(information: str) -> dict[str, Any]:
     except (ValueError, AttributeError):
         layers = []
     per_layer = [
-        {"name": str(layer.get("Name", "")), "type": str(layer.get("LayerType", "")), "precision": layer_precision(layer)}
+        {
+            "name": str(layer.get("Name", "")),
+            "type": str(layer.get("LayerType", "")),
+            "precision": layer_precision(layer),
+        }
         for layer in layers
         if isinstance(layer, dict)
     ]

@@ -103,10 +103,18 @@ def _unlist(artifact: Path) -> None:
     (artifact / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _remove(artifact: Path) -> None:
+    _unlist(artifact)
+    (artifact / REFERENCE_FILE).unlink()
+
+
 BAD: dict[str, tuple[Callable[[Path], None], str]] = {
-    "missing": (lambda a: (_unlist(a), (a / REFERENCE_FILE).unlink()) and None, "is missing"),
+    "missing": (_remove, "is missing"),
     "not vouched": (_unlist, "is not listed in manifest.json"),
-    "altered": (lambda a: _rewrite(a, lambda x: x.update(images_out0=x["images_out0"] + 1), False), "changed"),
+    "altered": (
+        lambda a: _rewrite(a, lambda x: x.update(images_out0=x["images_out0"] + 1), False),
+        "changed",
+    ),
     "wrong dtype": (
         lambda a: _rewrite(a, lambda x: x.update(images_out0=x["images_out0"].astype(np.float64))),
         "expected float32",
@@ -156,14 +164,18 @@ def test_engine_records_per_layer_precision_cache_and_workspace(
     assert delivered["layers"] > 10 and set(delivered["precisions"]) <= {"fp32", "other"}
     assert {"name", "type", "precision"} <= set(delivered["per_layer"][0])
     assert record["verification"]["vs_pytorch"]["against"].endswith("PyTorch was not rerun")
-    assert (artifact / "timing.cache").is_file() and record["options"]["timing_cache"].endswith("timing.cache")
+    assert (artifact / "timing.cache").is_file() and record["options"]["timing_cache"].endswith(
+        "timing.cache"
+    )
     assert record["options"]["workspace_gib"] > 0
     assert any("workspace limit" in m for m in messages)
     rebuilt = build_artifact(BuildRequest(options, artifacts=artifact, force=True), progress=messages.append)
     assert rebuilt and any(m.startswith("reusing the timing cache") for m in messages)
 
 
-def test_an_fp32_only_engine_labelled_fp16_is_refused(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_fp32_only_engine_labelled_fp16_is_refused(
+    artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     install(monkeypatch)
     shutil.copyfile(artifact / "model.onnx", artifact / "model.fp16.onnx")  # FP32 graph, FP16 name
     record_files(artifact, read_manifest(artifact), ["model.fp16.onnx"])

@@ -61,7 +61,9 @@ def with_head(reference: Runner, head: dict[str, Any]) -> Runner:
 
 def _run(runner: Runner, images: np.ndarray, preprocessing: dict[str, Any]) -> dict[str, np.ndarray]:
     """PyTorch on each picture alone (bounded memory), outputs stacked along the batch."""
-    per_image = [runner.infer({"image": preprocess_for(preprocessing, images[i : i + 1])}) for i in range(len(images))]
+    per_image = [
+        runner.infer({"image": preprocess_for(preprocessing, images[i : i + 1])}) for i in range(len(images))
+    ]
     return {name: np.concatenate([out[name] for out in per_image]) for name in runner.output_names}
 
 
@@ -105,7 +107,9 @@ def record_reference(
         random = rng.integers(0, 256, (shape.batch, shape.height, shape.width, 3), dtype=np.uint8)
         outputs_at = _run(runner, random, prep)
         budget -= _output_bytes(outputs_at) + int(random.nbytes)
-        reference.sets.append(RecordedSet(f"shape{index}", "shape", random, outputs_at, None, "seeded random"))
+        reference.sets.append(
+            RecordedSet(f"shape{index}", "shape", random, outputs_at, None, "seeded random")
+        )
     return reference
 
 
@@ -123,7 +127,9 @@ def add_reference(directory: Path, weights: str | None, force: bool, say: Progre
     if REFERENCE_FILE in manifest["files"] and not force:
         raise SegexportError(f"{directory / REFERENCE_FILE} already exists; pass --force to replace it")
     if "preprocessing" not in manifest:
-        raise SegexportError(f"{directory}: {manifest['model']['name']} takes no images; no reference to record")
+        raise SegexportError(
+            f"{directory}: {manifest['model']['name']} takes no images; no reference to record"
+        )
     begin_stage(directory, manifest, [REFERENCE_FILE], "reference.npz is written there")
     spec = get_spec(manifest["model"]["name"])
     runner = with_head(TorchRunner(reference_model(manifest, weights), spec.output_names), manifest["head"])

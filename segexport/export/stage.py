@@ -141,8 +141,8 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
         if spec.input_kind == "image":
             say(f"      recording PyTorch's outputs into {REFERENCE_FILE}")
             recorded = record_reference(reference, manifest, plan.verify_shapes, say)
-            size = write_reference(staging, recorded)
-            say(f"      {REFERENCE_FILE}: {len(recorded.sets)} set(s), {size / 1024:.0f} KiB")
+            written_bytes = write_reference(staging, recorded)
+            say(f"      {REFERENCE_FILE}: {len(recorded.sets)} set(s), {written_bytes / 1024:.0f} KiB")
             written.append(REFERENCE_FILE)
         manifest["files"] = describe_files(staging, written)
         manifest["trt_readiness"] = readiness.check_artifacts(staging, "all", manifest)

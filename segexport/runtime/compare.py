@@ -1,8 +1,9 @@
 """The comparator every stage judges with: tolerances, output statistics, verdicts.
 
 numpy only, in the runtime half so that `segexport.runtime.judge` uses it without PyTorch.
-Export, quantize, build, verify and bench compare a candidate with a reference through the same `OutputStats` and `judge`, so a figure means the same thing
-in every report, and `DEFAULT_TOLERANCES` are the one set of per-precision bounds.
+Export, quantize, build, verify and bench compare a candidate with a reference through the
+same `OutputStats` and `judge`, so a figure means the same thing in every report, and
+`DEFAULT_TOLERANCES` are the one set of per-precision bounds.
 """
 
 from __future__ import annotations

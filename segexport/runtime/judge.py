@@ -44,9 +44,7 @@ class Judgement:
     @property
     def passed(self) -> bool:
         return (
-            self.error is None
-            and all(o.passed for o in self.outputs)
-            and all(s.passed for s in self.shapes)
+            self.error is None and all(o.passed for o in self.outputs) and all(s.passed for s in self.shapes)
         )
 
     def failures(self) -> list[str]:
@@ -80,8 +78,8 @@ class Judgement:
 
     def label_output(self) -> OutputComparison | None:
         """The first output judged by labels (agreement, mIoU), else the first output."""
-        labelled = [o for o in self.outputs if o.agreement is not None]
-        return (labelled or self.outputs or [None])[0]
+        labelled = [o for o in self.outputs if o.agreement is not None] or self.outputs
+        return labelled[0] if labelled else None
 
 
 def _feeds(reference: RecordedReference, images: np.ndarray) -> dict[str, np.ndarray]:

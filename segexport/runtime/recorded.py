@@ -27,7 +27,9 @@ FORMAT = 1
 # The cap on reference.npz (compressed): beyond it the export records fewer sets, never more.
 MAX_REFERENCE_BYTES = 8 << 20
 # How to add a reference to an artifact made before it existed.
-ADD_ONE = "add one with `segexport reference --artifacts {directory}` (or re-export with `segexport onnx --force`)"
+ADD_ONE = (
+    "add one with `segexport reference --artifacts {directory}` (or re-export with `segexport onnx --force`)"
+)
 
 
 @dataclass
@@ -127,8 +129,14 @@ def read_reference(directory: Path, manifest: dict[str, Any]) -> RecordedReferen
             + ADD_ONE.format(directory=directory)
         )
     entry = manifest["files"][REFERENCE_FILE]
-    if isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and entry["bytes"] > MAX_REFERENCE_BYTES:
-        raise SegexportError(f"{path}: {entry['bytes']} bytes is over the {MAX_REFERENCE_BYTES >> 20} MiB cap")
+    if (
+        isinstance(entry, dict)
+        and isinstance(entry.get("bytes"), int)
+        and entry["bytes"] > MAX_REFERENCE_BYTES
+    ):
+        raise SegexportError(
+            f"{path}: {entry['bytes']} bytes is over the {MAX_REFERENCE_BYTES >> 20} MiB cap"
+        )
     data = vouched_bytes(directory, REFERENCE_FILE, manifest)
     return decode_reference(data, path, manifest)
 
@@ -160,7 +168,9 @@ def _checked(arrays: dict[str, np.ndarray], path: Path, manifest: dict[str, Any]
     except ValueError:
         raise _fail(path, "its meta record is not JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise _fail(path, f"format {meta.get('format') if isinstance(meta, dict) else None!r} is not {FORMAT}")
+        raise _fail(
+            path, f"format {meta.get('format') if isinstance(meta, dict) else None!r} is not {FORMAT}"
+        )
     model = manifest["model"]
     if meta.get("model") != model["name"] or meta.get("class_names") != list(model["class_names"]):
         raise _fail(path, f"was recorded for {meta.get('model')!r} with other classes than the manifest's")
@@ -170,8 +180,9 @@ def _checked(arrays: dict[str, np.ndarray], path: Path, manifest: dict[str, Any]
     if meta.get("outputs") != outputs or not set(meta.get("labels", [])) <= set(outputs):
         raise _fail(path, f"records outputs {meta.get('outputs')!r}, the manifest declares {outputs!r}")
     ranks = {tensor["name"]: len(tensor["shape"]) for tensor in manifest["outputs"]}
-    reference = RecordedReference(model["name"], list(model["class_names"]), meta["preprocessing"], outputs,
-                                  list(meta["labels"]))
+    reference = RecordedReference(
+        model["name"], list(model["class_names"]), meta["preprocessing"], outputs, list(meta["labels"])
+    )
     truth_keys = set(meta.get("truth", []))
     for described in meta.get("sets", []):
         key = str(described.get("key"))
@@ -179,14 +190,21 @@ def _checked(arrays: dict[str, np.ndarray], path: Path, manifest: dict[str, Any]
         if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
             raise _fail(path, f"set {key}: images must be uint8 [B, H, W, 3]")
         batch = images.shape[0]
-        recorded = RecordedSet(key, str(described.get("kind")), images, {}, source=str(described.get("source")))
+        recorded = RecordedSet(
+            key, str(described.get("kind")), images, {}, source=str(described.get("source"))
+        )
         for index, name in enumerate(outputs):
             output = arrays.get(f"{key}_out{index}")
-            numeric = output is not None and (output.dtype == np.float32 or np.issubdtype(output.dtype, np.integer))
+            if output is None:
+                raise _fail(path, f"set {key}, output {name}: missing")
+            numeric = output.dtype == np.float32 or np.issubdtype(output.dtype, np.integer)
             if not numeric or output.ndim != ranks[name] or output.shape[0] != batch:
-                got = "nothing" if output is None else f"{output.dtype} {list(output.shape)}"
-                raise _fail(path, f"set {key}, output {name}: got {got}, expected float32 or ids of rank "
-                            f"{ranks[name]} and batch {batch}")
+                got = f"{output.dtype} {list(output.shape)}"
+                raise _fail(
+                    path,
+                    f"set {key}, output {name}: got {got}, expected float32 or ids of rank "
+                    f"{ranks[name]} and batch {batch}",
+                )
             recorded.outputs[name] = output
         if key in truth_keys:
             truth = arrays.get(f"{key}_truth")
