@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, SupportsInt
 
-from segexport import readiness
-from segexport.compare import DEFAULT_TOLERANCES, Tolerance, VerificationReport
+from segexport.engine_check import (
+    ENGINE_TOLERANCE,
+    EngineCheck,
+    check_engine,
+    delivered_precisions,
+    profile_check_shapes,
+    refuse_contradiction,
+)
 from segexport.errors import SegexportError, UnavailableError, VerificationError
-from segexport.reference import data_size, spec_for, verify_runners
-from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import (
     atomic_write,
     begin_stage,
@@ -28,34 +32,33 @@ from segexport.runtime.artifacts import (
     record_files,
     vouched_path,
 )
-from segexport.runtime.engine import TensorRTRunner
+from segexport.runtime.cuda import Cuda, import_cudart
 from segexport.runtime.engine_records import (
     GpuIdentity,
     current_gpu,
-    profile_problem,
     require_tensorrt,
     tensorrt_unavailable_reason,
 )
-from segexport.runtime.files import ENGINE_PRECISIONS, FP32_ONNX, engine_file_name, onnx_file_name
-from segexport.shapes import InputShape
-from segexport.weights import has_demo_checkpoint
-from segexport.zoo import get_spec
+from segexport.runtime.files import (
+    ENGINE_PRECISIONS,
+    FP32_ONNX,
+    REFERENCE_FILE,
+    engine_file_name,
+    onnx_file_name,
+)
+from segexport.runtime.judge import NOT_RERUN
+from segexport.runtime.recorded import RecordedReference, read_reference
 
 Progress = Callable[[str], None]
 
 PRECISIONS = ENGINE_PRECISIONS
 HARDWARE_COMPAT = ("same", "ampere+")
-EVAL_IMAGES = 16
-# Engine vs its own source ONNX on ONNX Runtime (same graph, same precision, seeded random
-# inputs): what is left is TensorRT's kernels and fusions. FP32 allows for TF32, which
-# TensorRT enables by default; INT8 for requantisation rounding in fused kernels. Argmax
-# agreement is not gated on random inputs (near-ties); the verify stage measures it on data.
-# Not yet measured on a device: revisit with the first real builds.
-ENGINE_TOLERANCE = {
-    "fp32": Tolerance(max_rel_l2=1e-2),
-    "fp16": Tolerance(max_rel_l2=2e-2),
-    "int8": Tolerance(max_rel_l2=1e-1),
-}
+# The timing cache kept beside the artifact by default: rebuilds on the device reuse it.
+TIMING_CACHE = "timing.cache"
+# The default workspace limit, as a share of the device's free memory: on an 8 GB Orin the
+# builder shares memory with the OS and the CPU, and an unlimited workspace is OOM-killed.
+WORKSPACE_SHARE = 0.5
+__all__ = ["ENGINE_TOLERANCE", "EngineCheck", "profile_check_shapes"]  # re-exported from engine_check
 
 
 @dataclass(frozen=True)
@@ -201,23 +204,34 @@ class BuildRequest:
     force: bool = False
     threads: int | None = None
     ignore_readiness: bool = False
+    calib: str | None = None  # calibration images for the INT8 stage run first [synthetic]
 
 
 def _default_weights(model: str) -> str | None:
     """The shipped demo checkpoint when there is one: FP16/INT8 must be judged on trained weights."""
+    from segexport.weights import has_demo_checkpoint
+    from segexport.zoo import get_spec
+
     return "demo" if has_demo_checkpoint(get_spec(model).name) else None
+
+
+def _artifact_directory(request: BuildRequest, weights: str | None, say: Progress) -> Path:
+    """`--artifacts DIR` as given when it holds a manifest (no PyTorch needed on the device),
+    else the export stage run first (which needs the export extra)."""
+    if request.artifacts is not None and (request.artifacts / "manifest.json").is_file():
+        return request.artifacts
+    from segexport.prerequisites import artifact_directory
+
+    return artifact_directory(request.artifacts, request.model, weights, say)
 
 
 def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, Any], str]:
     """The artifact directory, its manifest and the verified ONNX to build from, making them if missing."""
-    from segexport.prerequisites import artifact_directory
-    from segexport.quantize import QuantizeRequest, quantize_artifact
-
     options = request.options
     weights = request.weights
     if weights is None and request.model is not None:
         weights = _default_weights(request.model)
-    directory = artifact_directory(request.artifacts, request.model, weights, say)
+    directory = _artifact_directory(request, weights, say)
     target = directory / engine_file_name(options.precision)
     manifest = read_manifest(directory)
     begin_stage(directory, manifest, [target.name], "the engine is written there")
@@ -225,6 +239,8 @@ def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, 
         raise SegexportError(f"{target} already exists; pass --force to replace it")
     source = FP32_ONNX if options.legacy_fp16_flag else onnx_file_name(options.precision)
     if source not in manifest["files"]:
+        from segexport.quantize import QuantizeRequest, quantize_artifact
+
         say(f"no {source} in {directory}: running the {options.precision.upper()} stage first")
         quantize_artifact(
             QuantizeRequest(
@@ -232,6 +248,7 @@ def prepare_onnx(request: BuildRequest, say: Progress) -> tuple[Path, dict[str, 
                 fp16=options.precision == "fp16",
                 int8=options.precision == "int8",
                 threads=request.threads,
+                calib=QuantizeRequest.calib if request.calib is None else request.calib,
             ),
             progress=say,
         )
@@ -245,6 +262,8 @@ def check_readiness(
 ) -> None:
     """Refuse a build the installed TensorRT's parser or builder would reject (offline rules);
     print what would run slower than the graph intends."""
+    from segexport import readiness  # onnx: needed on the device for this check only
+
     alias = readiness.target_for_version(version)
     source_only = {**manifest, "files": {source: manifest["files"][source]}}
     report = readiness.check_artifacts(directory, alias, source_only)
@@ -274,9 +293,7 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     options = request.options
     check_options(options, None)
     directory, manifest, source = prepare_onnx(request, say)
-    source_only = {**manifest, "files": {source: manifest["files"][source]}}
-    for line in readiness.summary_lines(readiness.check_artifacts(directory, "all", source_only)):
-        say(line)
+    reference = engine_reference(directory, manifest, say)
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise UnavailableError(
@@ -289,12 +306,17 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     check_readiness(directory, manifest, source, trt.__version__, request.ignore_readiness, say)
     profile = derive_profile(manifest, options)
     gpu = current_gpu()
-    say(f"building {engine_file_name(options.precision)} with TensorRT {trt.__version__} on {gpu.name}")
+    options = _device_defaults(options, directory, say)
+    name = engine_file_name(options.precision)
+    say(f"building {name} with TensorRT {trt.__version__} on {gpu.name}")
     started = time.perf_counter()
     plan = build_engine(directory / source, profile, options, say)
     record = engine_build_record(options, profile, trt.__version__, gpu, source)
     record["build_seconds"] = round(time.perf_counter() - started, 2)
-    report = check_engine(plan, record, directory / source, manifest, profile, request.threads, say)
+    delivered = record["delivered"] = delivered_precisions(inspect_engine(plan))
+    say(f"delivered precision: {delivered['precisions']} over {delivered['layers']} layers")
+    refuse_contradiction(name, options.precision, record["delivered"])
+    report = check_engine(plan, record, directory / source, reference, profile, request.threads, say)
     record["verification"] = report.to_dict()
     if not report.passed:
         raise VerificationError(
@@ -333,88 +355,60 @@ def engine_build_record(
     }
 
 
-def profile_check_shapes(profile: Profile) -> list[InputShape]:
-    """The profile's min and opt shapes, and batch 2 at the opt size when the range allows."""
-    first = next(iter(profile.values()))
-    shapes = []
-    for key in ("min", "opt"):
-        dims = first[key]
-        shapes.append(InputShape(dims[0], dims[2], dims[3]) if len(dims) == 4 else InputShape(dims[0]))
-    opt = shapes[1]
-    if first["max"][0] >= 2 and opt.batch < 2:
-        shapes.append(InputShape(2, opt.height, opt.width))
-    return list(dict.fromkeys(shapes))
+def engine_reference(directory: Path, manifest: dict[str, Any], say: Progress) -> RecordedReference | None:
+    """The recorded PyTorch reference the engine is judged against, checked before any build.
+
+    Image models need reference.npz (missing, unvouched, altered or malformed: one line, no
+    build); random weights are not judged on it (near-ties), as before. RoI heads have none.
+    """
+    if "preprocessing" not in manifest:
+        return None
+    reference = read_reference(directory, manifest)
+    if not manifest["model"].get("weights"):
+        say(f"random weights: the engine is not judged against {REFERENCE_FILE} (only against ONNX Runtime)")
+        return None
+    say(f"the engine will be {NOT_RERUN}")
+    return reference
 
 
-@dataclass
-class EngineCheck:
-    """The engine against its source ONNX (random inputs over the profile) and, when the
-    weights are trained and the data fits the profile, against PyTorch FP32 on real images."""
-
-    vs_onnx: VerificationReport
-    vs_pytorch: dict[str, Any] | None
-    min_agreement: float | None
-
-    @property
-    def passed(self) -> bool:
-        agreement_ok = (
-            self.vs_pytorch is None
-            or self.min_agreement is None
-            or self.vs_pytorch["agreement"] >= self.min_agreement
-        )
-        return self.vs_onnx.passed and agreement_ok
-
-    def failures(self) -> list[str]:
-        lines = self.vs_onnx.failures()
-        if self.vs_pytorch is not None and not self.passed and not lines:
-            lines.append(
-                f"argmax agreement with PyTorch FP32 {self.vs_pytorch['agreement']:.4%} "
-                f"< {self.min_agreement:.2%}"
-            )
-        return lines
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "vs_onnx": self.vs_onnx.to_dict(),
-            "vs_pytorch": self.vs_pytorch,
-            "min_agreement": self.min_agreement,
-        }
-
-
-def check_engine(
-    plan: bytes,
-    record: dict[str, Any],
-    source: Path,
-    manifest: dict[str, Any],
-    profile: Profile,
-    threads: int | None,
-    say: Progress,
-) -> EngineCheck:
-    """Run the freshly built engine against its source ONNX and against PyTorch."""
-    from segexport.quantize import evaluation_set, measure
-
-    engine = TensorRTRunner(plan, record, name=f"tensorrt:{engine_file_name(record['precision'])}")
+def free_device_memory() -> int | None:
+    """Bytes free on the current CUDA device (on a Jetson: shared with the CPU), or None."""
     try:
-        say("checking the engine against ONNX Runtime on its source ONNX")
-        vs_onnx = verify_runners(
-            spec_for(manifest),
-            int(manifest["model"]["num_classes"]),
-            OnnxRuntimeRunner(source, threads=threads),
-            engine,
-            profile_check_shapes(profile),
-            ENGINE_TOLERANCE[record["precision"]],
-            progress=lambda message: say(f"  {message}"),
-        )
-        height, width = data_size(manifest)
-        fits = profile_problem(record, {"image": (1, 3, height, width)}) is None
-        vs_pytorch = None
-        if manifest["model"].get("weights") and fits:
-            say(f"checking the engine against PyTorch FP32 on {EVAL_IMAGES} held-out images")
-            vs_pytorch = measure(engine, evaluation_set(manifest, EVAL_IMAGES, threads), threads)
-    finally:
-        engine.close()
-    return EngineCheck(vs_onnx, vs_pytorch, DEFAULT_TOLERANCES[record["precision"]].min_agreement)
+        free, _total = Cuda(import_cudart()).call("cudaMemGetInfo")
+        return int(free)
+    except Exception:  # no bindings, no device: TensorRT's own default then
+        return None
+
+
+def _device_defaults(options: BuildOptions, directory: Path, say: Progress) -> BuildOptions:
+    """The workspace limit from the device's free memory, and the timing cache beside the
+    artifact, where the user set neither."""
+    changes: dict[str, Any] = {}
+    if options.workspace_gib is None:
+        free = free_device_memory()
+        if free:
+            changes["workspace_gib"] = round(free * WORKSPACE_SHARE / (1 << 30), 3)
+            say(
+                f"workspace limit {changes['workspace_gib']:.2f} GiB ({WORKSPACE_SHARE:.0%} of "
+                f"{free / (1 << 30):.2f} GiB free; --workspace to change)"
+            )
+    if options.timing_cache is None:
+        changes["timing_cache"] = directory / TIMING_CACHE
+        reused = "reusing" if changes["timing_cache"].is_file() else "writing"
+        say(f"{reused} the timing cache {changes['timing_cache']}")
+    return replace(options, **changes)
+
+
+def inspect_engine(plan: bytes) -> str:
+    """The engine inspector's JSON of every layer (the build asked for DETAILED profiling)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise SegexportError("TensorRT could not deserialize the engine it just built")
+    inspector = engine.create_engine_inspector()
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
 def _progress_monitor(say: Progress) -> Any:
@@ -457,6 +451,8 @@ def build_engine(source: Path, profile: Profile, options: BuildOptions, say: Pro
         ]
         raise SegexportError(f"{source}: TensorRT's ONNX parser failed: " + "; ".join(described[:3]))
     config = builder.create_builder_config()
+    # Per-layer precisions for the engine inspector: the record shows what was delivered.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if options.workspace_gib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     if options.opt_level is not None:

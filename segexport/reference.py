@@ -7,7 +7,7 @@ same seeded random inputs at several shapes, so a dynamic axis that only looks d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from segexport.compare import ShapeResult, Tolerance, VerificationReport, compare_arrays
-from segexport.errors import SegexportError, first_line
+from segexport.compare import Tolerance, VerificationReport
+from segexport.errors import SegexportError
 from segexport.importers import build_imported, import_weights
 from segexport.runtime import Runner
 from segexport.runtime.artifacts import sha256_file
 from segexport.runtime.files import FP32_ONNX
+from segexport.runtime.judge import compare_on_feeds
 from segexport.runtime.runners import open_onnx_runner
 from segexport.shapes import InputShape
 from segexport.sources import OutputChoice, ScoresAdapter, build_from_factory, load_user_weights
@@ -226,24 +227,11 @@ def verify_runners(
     seed: int = 0,
 ) -> VerificationReport:
     """Run both runners on the same seeded random inputs at every shape and compare."""
-    results = []
     generator = torch.Generator().manual_seed(seed)
-    for shape in shapes:
-        if progress:
-            progress(f"verifying at {shape}")
-        feeds = {
-            name: tensor.numpy()
-            for name, tensor in spec.example_inputs(shape, num_classes, generator).items()
-        }
-        expected = reference.infer(feeds)
-        try:
-            actual = candidate.infer(feeds)
-        except Exception as error:  # the candidate runtime's own error types
-            results.append(ShapeResult(str(shape), False, error=first_line(error)))
-            continue
-        outputs = [
-            compare_arrays(name, expected[name], actual[name], tolerance, name in spec.logits_outputs)
-            for name in reference.output_names
-        ]
-        results.append(ShapeResult(str(shape), all(o.passed for o in outputs), outputs))
-    return VerificationReport(reference.name, candidate.name, tolerance, results)
+
+    def cases() -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        for shape in shapes:  # generated lazily: the seeded stream stays as it was
+            inputs = spec.example_inputs(shape, num_classes, generator)
+            yield str(shape), {name: tensor.numpy() for name, tensor in inputs.items()}
+
+    return compare_on_feeds(reference, candidate, cases(), tolerance, spec.logits_outputs, progress)

@@ -15,16 +15,18 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segexport.compare import OutputComparison, ShapeResult, Tolerance
 from segexport.errors import SegexportError
-from segexport.localize import Localization
 from segexport.runtime.artifacts import atomic_write
+from segexport.runtime.compare import OutputComparison, ShapeResult, Tolerance
 from segexport.runtime.media import default_palette
 from segexport.runtime.outputs import check_output
+
+if TYPE_CHECKING:  # it imports onnx: the torch-free verify writes reports on the base install
+    from segexport.localize import Localization
 
 
 @dataclass

@@ -22,9 +22,9 @@ from torch import nn
 from segexport.data import IGNORE_INDEX, LabelledImages, Resized, SyntheticScenes, open_dataset
 from segexport.errors import SegexportError
 from segexport.losses import parse_loss
-from segexport.metrics import IoUReport, confusion_matrix, iou_report
 from segexport.reference import flatten_outputs
 from segexport.runtime import preprocess
+from segexport.runtime.metrics import IoUReport, confusion_matrix, iou_report
 from segexport.runtime.outputs import check_output
 from segexport.weights import checkpoint_record, load_weights, resolve_weights, save_checkpoint
 from segexport.zoo import create_model, get_spec

@@ -20,7 +20,6 @@ import onnx
 
 from segexport.compare import (
     OutputStats,
-    default_tolerance,
     predicted_labels,
 )
 from segexport.data import EvalBatch, EvaluationImages, evaluation_images
@@ -40,18 +39,15 @@ from segexport.reference import (
 from segexport.report import ArtifactResult, ParityReport, WorstImage, check_report_paths, write_reports
 from segexport.runtime import Runner, open_runner
 from segexport.runtime.artifacts import read_manifest, vouched_bytes, vouched_path
-from segexport.runtime.engine_records import tensorrt_unavailable_reason
-from segexport.runtime.files import FP32_ONNX, judged_precision
+from segexport.runtime.files import FP32_ONNX
 from segexport.runtime.outputs import artifact_files
 from segexport.shapes import DynamicRange, InputShape
+from segexport.verify_recorded import PRECISIONS, REPORT_NAME, select_files
 from segexport.zoo.registry import ModelSpec
 
 # --------------------------------------------------------------------------- the verify stage
 
-PRECISIONS = ("fp32", "fp16", "int8", "engine")
 AGAINST = ("pytorch", "onnx")
-NO_TENSORRT = "TensorRT is not importable on this machine"
-REPORT_NAME = "verify_report.md"
 PROGRESS_EVERY = 16  # images between progress lines
 _BATCH_VALUES = 1 << 25  # output values per batch: bounds memory at large sizes/class counts
 
@@ -91,7 +87,9 @@ def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | N
     spec = spec_for(manifest)
     if spec.input_kind != "image":
         raise SegexportError(f"{spec.name}: verify handles image models")
-    selected, skipped = _select(directory, manifest, request)
+    selected, skipped = select_files(
+        directory, manifest, request.precision, request.rtol, request.min_agreement, request.atol
+    )
     for result in selected:  # checksums first: nothing runs unless every file is vouched for
         vouched_path(directory, result.file, manifest)
     if request.against == "onnx":
@@ -142,43 +140,6 @@ def _check_request(request: VerifyRequest) -> None:
         raise SegexportError(f"--limit must be >= 1, got {request.limit}")
     if request.report is not None and request.report.suffix != ".md":
         raise SegexportError(f"--report {request.report}: name a .md file (the .json and .png go beside it)")
-
-
-def _select(
-    directory: Path, manifest: dict[str, Any], request: VerifyRequest
-) -> tuple[list[ArtifactResult], list[ArtifactResult]]:
-    """The manifest's model files of the wanted precision, and unlisted model files (refused)."""
-    wanted = request.precision
-    listed = sorted(
-        (name for name in manifest["files"] if judged_precision(name)),
-        key=lambda name: (PRECISIONS.index(str(judged_precision(name))), name),
-    )
-    selected = []
-    for name in listed:
-        precision = judged_precision(name)
-        assert precision is not None
-        if wanted not in ("all", precision):
-            continue
-        tolerance = default_tolerance(name).override(request.rtol, request.min_agreement, request.atol)
-        result = ArtifactResult(name, precision, "pending", tolerance)
-        if precision == "engine" and tensorrt_unavailable_reason() is not None:
-            result.status, result.reason = "skipped", NO_TENSORRT
-        selected.append(result)
-    if not selected:
-        held = ", ".join(listed) or "no model files"
-        raise SegexportError(f"{directory}: no {wanted} artifact in its manifest (it lists {held})")
-    unlisted = sorted(
-        path.name
-        for path in directory.iterdir()
-        if path.is_file() and judged_precision(path.name) and path.name not in manifest["files"]
-    )
-    skipped = [
-        ArtifactResult(
-            name, str(judged_precision(name)), "skipped", reason="not listed in manifest.json; refused"
-        )
-        for name in unlisted
-    ]
-    return selected, skipped
 
 
 def _check_shapes(shapes: list[InputShape], manifest: dict[str, Any], spec: ModelSpec) -> list[InputShape]:

@@ -141,17 +141,20 @@ def test_runtime_refuses_shapes_outside_the_profile() -> None:
     assert "has no input 'x'" in str(profile_problem(record, {"x": (1, 3, 64, 64)}))
 
 
-def test_engine_check_gates_on_onnx_parity_and_pytorch_agreement() -> None:
+def test_engine_check_gates_on_onnx_parity_and_the_recorded_reference() -> None:
     from segexport.build import EngineCheck
-    from segexport.compare import Tolerance, VerificationReport
+    from segexport.compare import OutputComparison, Tolerance, VerificationReport
+    from segexport.runtime.judge import Judgement
 
     parity = VerificationReport("onnxruntime", "tensorrt", Tolerance(), [])
-    assert EngineCheck(parity, {"agreement": 0.995}, 0.99).passed
-    assert EngineCheck(parity, None, 0.99).passed  # random weights: agreement is not judged
-    low = EngineCheck(parity, {"agreement": 0.95}, 0.99)
+    good = OutputComparison("logits", [1], 0.1, 0.01, 1e-3, 0.999, 0, True)
+    assert EngineCheck(parity, Judgement("tensorrt", [good])).passed
+    assert EngineCheck(parity, None).passed  # random weights: not judged on the recording
+    bad = OutputComparison("logits", [1], 0.1, 0.01, 1e-3, 0.95, 0, False, reasons=["argmax agreement 95%"])
+    low = EngineCheck(parity, Judgement("tensorrt", [bad]))
     assert not low.passed
-    assert "agreement with PyTorch FP32 95.0000% < 99.00%" in low.failures()[0]
-    assert low.to_dict()["vs_pytorch"] == {"agreement": 0.95}
+    assert low.failures() == ["against recorded PyTorch: output logits: argmax agreement 95%"]
+    assert low.to_dict()["vs_pytorch"]["agreement"] == 0.95
 
 
 # --------------------------------------------------------------------------- engine refusal

@@ -152,3 +152,53 @@ def test_segexport_run_masks_images_without_torch(
         mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png"))
         assert mask.shape == size
         np.testing.assert_array_equal(mask, seg(next(images.glob(f"{name}.*"))))
+
+
+@pytest.fixture(scope="module")
+def demo_unet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unet-small demo artifact (FP32, FP16, CPU INT8) with its recorded reference."""
+    from segexport.export import ExportRequest, export_onnx
+    from segexport.quantize import QuantizeRequest, quantize_artifact
+
+    out = tmp_path_factory.mktemp("demo") / "unet-small"
+    export_onnx(ExportRequest("unet-small", weights="demo", size=(128, 128), out_dir=out))
+    quantize_artifact(QuantizeRequest(artifacts=out, fp16=True, int8=False, int8_cpu=True, calib_size=32))
+    return out
+
+
+@pytest.mark.slow
+def test_verify_and_trt_on_the_device_without_torch(
+    runtime_venv: tuple[Path, Path], demo_unet: Path, tmp_path: Path
+) -> None:
+    """Issue 25's 'done when': the recorded reference judges every file where PyTorch is not."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from segexport.runtime.artifacts import read_manifest, record_files
+
+    _, python = runtime_venv
+    segexport = [str(python), "-m", "segexport"]
+    verified = _run([*segexport, "verify", "--artifacts", str(demo_unet)], cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert "PyTorch was not rerun" in verified.stderr
+    judged = {line.split()[0]: line.split()[-1] for line in verified.stdout.splitlines()[:-1]}
+    assert judged == {"model.onnx": "passed", "model.fp16.onnx": "passed", "model.int8-cpu.onnx": "passed"}
+
+    faulty = tmp_path / "faulty"
+    shutil.copytree(demo_unet, faulty)
+    model = onnx.load(str(faulty / "model.fp16.onnx"))
+    weight = next(t for t in model.graph.initializer if numpy_helper.to_array(t).ndim == 4)
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 4, weight.name))
+    onnx.save(model, str(faulty / "model.fp16.onnx"))
+    record_files(faulty, read_manifest(faulty), ["model.fp16.onnx"])
+    failed = _run([*segexport, "verify", "--artifacts", str(faulty)], cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr
+    error = failed.stderr.strip().splitlines()[-1]
+    assert error.startswith("segexport: error: 1 artifact(s) differ") and "model.fp16.onnx" in error, error
+
+    built = _run([*segexport, "trt", "--artifacts", str(demo_unet)], cwd=tmp_path)
+    assert built.returncode == 3, built.stderr
+    assert "Traceback" not in built.stderr and "extra" not in built.stderr
+    assert "TensorRT is not importable here (the tensorrt package is not installed)" in built.stderr

@@ -19,7 +19,8 @@ from segexport.compare import DEFAULT_TOLERANCES
 from segexport.errors import SegexportError
 from segexport.runtime import OnnxRuntimeRunner, open_runner
 from segexport.runtime.artifacts import describe_files
-from segexport.verify import NO_TENSORRT, VerifyRequest, verify_artifacts
+from segexport.verify import VerifyRequest, verify_artifacts
+from segexport.verify_recorded import NO_TENSORRT
 from tests.clitools import assert_one_line_error, run
 
 

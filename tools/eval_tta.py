@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from segexport.data import SyntheticScenes
-from segexport.metrics import confusion_matrix, iou_report
+from segexport.runtime.metrics import confusion_matrix, iou_report
 from segexport.runtime.segmenter import TTA, Segmenter
 from segexport.shapes import parse_size
 

@@ -1,4 +1,4 @@
-"""`segexport onnx`: export, simplify and verify against PyTorch."""
+"""`segexport onnx`: export, simplify and verify against PyTorch; `reference`: record its outputs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 
 from segexport.cli._base import NON_NEGATIVE, POSITIVE, echo_json, main, progress, shapes
 from segexport.cli.options import (
+    artifacts_option,
     force_option,
     json_option,
     max_batch_option,
@@ -258,3 +259,18 @@ def export_summary(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
             for shape in fp32["shapes"]
         ],
     }
+
+
+@main.command("reference")
+@artifacts_option("Artifact directory to record into.", required=True)
+@weights_option("Checkpoint if the recorded path moved (sha256 must match), or 'demo'.")
+@force_option("Replace an existing reference.npz.")
+def reference(artifacts: Path, weights: str | None, force: bool) -> None:
+    """Record PyTorch's outputs into the artifact (reference.npz), for verify and trt without PyTorch.
+
+    `segexport onnx` records it; this adds one to an artifact made before it did.
+    """
+    from segexport.export.recording import add_reference
+
+    add_reference(artifacts, weights, force, progress)
+    click.echo(f"wrote {artifacts / 'reference.npz'}")

@@ -40,9 +40,17 @@ from segexport.cli.options import (
     "--workspace",
     "workspace_gib",
     type=Float(min=0.0, min_open=True),
-    help="Builder workspace limit in GiB.",
+    help="Builder workspace limit in GiB [half the device's free memory].",
 )
-@click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache to read and update.")
+@click.option(
+    "--timing-cache",
+    type=click.Path(path_type=Path),
+    help="Timing cache to read and update [ARTIFACTS/timing.cache].",
+)
+@click.option(
+    "--calib",
+    help="Calibration images for the INT8 stage when it runs first: a folder of images [synthetic].",
+)
 @click.option(
     "--opt-level", type=click.IntRange(0, 5), help="Builder optimization level 0-5 [TensorRT's default, 3]."
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ from segexport.cli.options import (
 @weights_option("Reference checkpoint if the recorded path moved (sha256 must match), or 'demo'.")
 @click.option(
     "--against",
-    type=click.Choice(["pytorch", "onnx"]),
+    type=click.Choice(["pytorch", "onnx", "recorded"]),
     default="pytorch",
     show_default=True,
-    help="Reference: the PyTorch model, or the FP32 model.onnx through ONNX Runtime.",
+    help="Reference: the PyTorch model, the FP32 model.onnx through ONNX Runtime, or PyTorch's outputs "
+    "recorded at export (reference.npz; what 'pytorch' means where PyTorch is not installed).",
 )
 @data_option("'synthetic', 'random', or a folder of images.")
 @click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True, help="Images to check.")
@@ -54,9 +56,13 @@ def verify(ctx: click.Context, as_json: bool, **params: Any) -> None:
     """Check every artifact against PyTorch on real data; exit 1 if any fails."""
     from segexport.errors import VerificationError
     from segexport.report import json_safe
-    from segexport.verify import VerifyRequest, verify_artifacts
 
-    result = verify_artifacts(VerifyRequest(**params), progress=progress)
+    if params["against"] == "recorded" or (params["against"] == "pytorch" and find_spec("torch") is None):
+        result = _verify_recorded(params)
+    else:
+        from segexport.verify import VerifyRequest, verify_artifacts
+
+        result = verify_artifacts(VerifyRequest(**params), progress=progress)
     if as_json:
         echo_json(json_safe(result.to_dict()))
         ctx.meta["json"] = False  # stdout already holds the report, with "ok": false
@@ -71,3 +77,33 @@ def verify(ctx: click.Context, as_json: bool, **params: Any) -> None:
             f"{len(failed)} artifact(s) differ from the reference: "
             + " | ".join(f"{a.file}: {(a.failures() or ['failed'])[0]}" for a in failed)
         )
+
+
+# What only a PyTorch rerun can do: the recorded reference is fixed inputs of a fixed model.
+_NEEDS_PYTORCH = {"model": None, "weights": None, "data": "synthetic", "shapes": None}
+
+
+def _verify_recorded(params: dict[str, Any]) -> Any:
+    """Every file against reference.npz (no PyTorch): `segexport.verify_recorded`."""
+    from segexport.errors import SegexportError
+    from segexport.verify_recorded import verify_recorded
+
+    given = [f"--{name}" for name, unset in _NEEDS_PYTORCH.items() if params[name] != unset]
+    why = "--against recorded" if params["against"] == "recorded" else "PyTorch is not installed"
+    if given:
+        raise SegexportError(
+            f"{', '.join(given)}: {why}, so verify judges the recorded reference of --artifacts DIR only; "
+            "install the 'export' extra to rerun PyTorch"
+        )
+    if params["artifacts"] is None:
+        raise SegexportError(f"{why}: name the artifact with --artifacts DIR")
+    return verify_recorded(
+        params["artifacts"],
+        params["precision"],
+        rtol=params["rtol"],
+        min_agreement=params["min_agreement"],
+        atol=params["atol"],
+        report_path=params["report"],
+        threads=params["threads"],
+        progress=progress,
+    )

@@ -20,12 +20,13 @@ from torch import nn
 from segexport import __version__, readiness
 from segexport.compare import VerificationReport
 from segexport.errors import VerificationError
-from segexport.export.graph import MASK_OUTPUT, MASK_TYPES, add_mask_head, declared_shapes, simplify
+from segexport.export.graph import MASK_OUTPUT, add_mask_head, declared_shapes, simplify
 from segexport.export.plan import ExportPlan, ExportRequest, plan_export
+from segexport.export.recording import record_reference, with_head
 from segexport.export.trace import trace_to_onnx
 from segexport.importers import Preprocessing, build_imported
 from segexport.reference import TorchRunner, verify_runners
-from segexport.runtime import OnnxRuntimeRunner, Runner
+from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -34,32 +35,14 @@ from segexport.runtime.artifacts import (
     staged_directory,
     write_json_atomic,
 )
+from segexport.runtime.files import REFERENCE_FILE
+from segexport.runtime.recorded import write_reference
 from segexport.weights import load_weights
 from segexport.zoo.registry import ModelSpec, create_model
 
 Progress = Callable[[str], None]
 
 MODEL_FILE = "model.onnx"
-
-
-class _WithMask:
-    """The PyTorch reference with the head's outputs: `mask` is torch's argmax over classes."""
-
-    def __init__(self, reference: Runner, logits: str, head: str, mask_dtype: str) -> None:
-        self._reference = reference
-        self._logits, self._head = logits, head
-        self._dtype = MASK_TYPES[mask_dtype][1]
-        self.name = reference.name
-
-    @property
-    def output_names(self) -> list[str]:
-        kept = [n for n in self._reference.output_names if not (self._head == "mask" and n == self._logits)]
-        return [*kept, MASK_OUTPUT]
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self._reference.infer(feeds)
-        outputs[MASK_OUTPUT] = outputs[self._logits].argmax(axis=1).astype(self._dtype)
-        return {name: outputs[name] for name in self.output_names}
 
 
 def versions() -> dict[str, str]:
@@ -124,9 +107,8 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
         onnx.save(proto, str(model_path))
         say(f"[4/4] verifying against PyTorch at {len(plan.verify_shapes)} shapes")
         verified_at = time.perf_counter()
-        reference: Runner = TorchRunner(model, spec.output_names, request.threads)
-        if request.head != "logits":
-            reference = _WithMask(reference, logits, request.head, request.mask_dtype)
+        head = _head_record(request, spec)
+        reference = with_head(TorchRunner(model, spec.output_names, request.threads), head)
         report = verify_runners(
             spec,
             plan.num_classes,
@@ -157,7 +139,14 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
                 f"{spec.name}: ONNX output differs from PyTorch; no artifact written. "
                 + " | ".join(report.failures()[:3])
             )
-        manifest["files"] = describe_files(staging, [MODEL_FILE])
+        written = [MODEL_FILE]
+        if spec.input_kind == "image":
+            say(f"      recording PyTorch's outputs into {REFERENCE_FILE}")
+            recorded = record_reference(reference, manifest, plan.verify_shapes, say)
+            written_bytes = write_reference(staging, recorded)
+            say(f"      {REFERENCE_FILE}: {len(recorded.sets)} set(s), {written_bytes / 1024:.0f} KiB")
+            written.append(REFERENCE_FILE)
+        manifest["files"] = describe_files(staging, written)
         manifest["trt_readiness"] = readiness.check_artifacts(staging, "all", manifest)
         for line in readiness.summary_lines(manifest["trt_readiness"]):
             say(line)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+# Not a model file: PyTorch's outputs recorded at export (`segexport.runtime.recorded`), the
+# reference every model file is judged against where PyTorch is not installed.
+REFERENCE_FILE = "reference.npz"
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,10 @@ class Runtime:
             return cudaError_t.cudaErrorInvalidValue, None
         return OK, cudaDeviceProp()
 
+    def cudaMemGetInfo(self) -> tuple[cudaError_t, int, int]:
+        used = sum(memory.size for memory in self.device.allocations.values())
+        return OK, self.device.memory - used, self.device.memory
+
     def cudaMalloc(self, size: int) -> tuple[cudaError_t, int]:
         self._count("cudaMalloc")
         used = sum(memory.size for memory in self.device.allocations.values())

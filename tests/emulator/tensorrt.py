@@ -121,6 +121,10 @@ class ICudaEngine:
         self._identity = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "Identity"}
         self._identity_only = len(graph.node) == len(self._identity)
         self._shape_cache: dict[tuple[Any, ...], dict[str, Dims]] = {}
+        self._model = model
+
+    def create_engine_inspector(self) -> IEngineInspector:
+        return IEngineInspector(self._model)
 
     @property
     def num_io_tensors(self) -> int:
@@ -167,6 +171,54 @@ class ICudaEngine:
             zeros = {n: np.zeros(s, self._numpy_type(n)) for n, s in shapes.items()}
             self._shape_cache[key] = {n: Dims(v.shape) for n, v in self._run(zeros).items()}
         return self._shape_cache[key]
+
+
+class ProfilingVerbosity(enum.IntEnum):
+    LAYER_NAMES_ONLY = 0
+    NONE = 1
+    DETAILED = 2
+
+
+class LayerInformationFormat(enum.IntEnum):
+    ONELINE = 0
+    JSON = 1
+
+
+# TensorRT's DETAILED `Format/Datatype` wording, by the ONNX element type of a layer's output.
+_FORMAT_TEXT = {
+    onnx.TensorProto.FLOAT: "Row major linear FP32",
+    onnx.TensorProto.FLOAT16: "Row major linear FP16 format",
+    onnx.TensorProto.INT8: "Row major linear Int8 format",
+    onnx.TensorProto.INT64: "Row major linear Int64 format",
+}
+
+
+class IEngineInspector:
+    """Each ONNX node is a 'layer'; its output's element type is the precision it runs in."""
+
+    def __init__(self, model: bytes) -> None:
+        self._model = model
+
+    def get_engine_information(self, format: LayerInformationFormat) -> str:
+        inferred = onnx.shape_inference.infer_shapes(onnx.load_from_string(self._model)).graph
+        types = {
+            value.name: value.type.tensor_type.elem_type
+            for value in [*inferred.input, *inferred.value_info, *inferred.output]
+        }
+        layers = [
+            {
+                "Name": node.name or f"{node.op_type}_{index}",
+                "LayerType": node.op_type,
+                "Outputs": [
+                    {"Name": out, "Format/Datatype": _FORMAT_TEXT.get(types.get(out, 0), "Unknown format")}
+                    for out in node.output
+                ],
+            }
+            for index, node in enumerate(inferred.node)
+        ]
+        if format == LayerInformationFormat.JSON:
+            return json.dumps({"Layers": layers, "Bindings": [i.name for i in inferred.input]})
+        return "\n".join(layer["Name"] for layer in layers)
 
 
 class IExecutionContext:
@@ -487,6 +539,7 @@ class IBuilderConfig:
     DLA_core: int = -1
     hardware_compatibility_level: HardwareCompatibilityLevel = HardwareCompatibilityLevel.NONE
     progress_monitor: IProgressMonitor | None = None
+    profiling_verbosity: ProfilingVerbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
 
     def __init__(self) -> None:
         self._profiles: list[IOptimizationProfile] = []
@@ -578,6 +631,9 @@ def module_attributes(version: str, executor: Any) -> dict[str, Any]:
         "INetworkDefinition": INetworkDefinition,
         "IOptimizationProfile": IOptimizationProfile,
         "IProgressMonitor": IProgressMonitor,
+        "IEngineInspector": IEngineInspector,
+        "LayerInformationFormat": LayerInformationFormat,
+        "ProfilingVerbosity": ProfilingVerbosity,
         "ITimingCache": ITimingCache,
         "MemoryPoolType": MemoryPoolType,
         "NetworkDefinitionCreationFlag": NetworkDefinitionCreationFlag,
