@@ -45,6 +45,8 @@ class _Group(click.Group):
             sys.exit(error.exit_code)
         except click.ClickException as error:
             message = error.format_message().replace("\n", " ")
+            if "unexpected extra argument" in message:  # `--input photos/*.png`: the shell expanded it
+                message += "; an option takes one path: for many images, pass the folder (--input photos/)"
             context = getattr(error, "ctx", None)
             message += f" (see '{context.command_path if context else 'segexport'} --help')"
             if "--json" in argv:

@@ -30,7 +30,7 @@ from segexport.cli.options import (
 @click.option(
     "--num-classes", type=POSITIVE, help="Classes of the head (default: the checkpoint's or model's)."
 )
-@size_option("Export height x width, e.g. 512x512.")
+@size_option("Export HxW, e.g. 512x512 [the checkpoint's training size, else the model's default].")
 @click.option("--batch", type=POSITIVE, default=1, show_default=True, help="Export batch size.")
 @size_option("Smallest HxW the artifact accepts.", name="--min-size")
 @size_option("Largest HxW the artifact accepts.", name="--max-size")

@@ -258,6 +258,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if path.is_symlink():
         raise SegexportError(f"{path}: is a symbolic link; refusing it")
+    if not directory.is_dir():
+        raise SegexportError(
+            f"{directory}: the artifact directory does not exist (make one with segexport onnx --out DIR)"
+        )
     if not path.is_file():
         raise SegexportError(f"{directory}: no {MANIFEST}; is this a segexport artifact directory?")
     try:
