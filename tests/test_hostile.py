@@ -546,7 +546,7 @@ def test_accuracy_data_is_seen_at_the_model_size(tmp_path: Path) -> None:
         ["onnx", "--rtol", "nan"],
         ["quantize", "--percentile", "150"],
         ["quantize", "--percentile", "0"],
-        ["quantize", "--eval-images", "0"],
+        ["quantize", "--limit", "0"],
         ["quantize", "--calib-size", "0"],
         ["quantize", "--min-agreement", "1.5"],
         ["quantize", "--method", "median"],

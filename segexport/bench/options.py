@@ -111,7 +111,7 @@ def check_request(request: BenchRequest) -> None:
     if request.seconds is not None and not (math.isfinite(request.seconds) and request.seconds > 0):
         raise SegexportError(f"--seconds must be a positive number, got {request.seconds}")
     if request.warmup < 0 or request.eval_images < 1:
-        raise SegexportError("--warmup must be >= 0 and --eval-images >= 1")
+        raise SegexportError("--warmup must be >= 0 and --limit >= 1")
     batches = list(request.batches or [])
     if request.scenario == "single-stream" and batches not in ([], [1]):
         raise SegexportError("single-stream runs batch 1; --batch is for multi-stream and offline")

@@ -60,7 +60,9 @@ from segexport.cli.options import (
 @click.option("--runs", type=POSITIVE, help="Timed runs per format (instead of --seconds).")
 @click.option("--seconds", type=Float(min=0.0, min_open=True), help="Timed seconds per format [2].")
 @data_option("'synthetic' or a labelled folder.")
-@click.option("--eval-images", type=POSITIVE, default=8, show_default=True, help="Images for mIoU/agreement.")
+@click.option(
+    "--limit", "eval_images", type=POSITIVE, default=8, show_default=True, help="Images for mIoU/agreement."
+)
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the table as Markdown (.md).")
 @click.option(
     "--plot", type=click.Path(path_type=Path), help="Latency vs mIoU plot (.png; segexport[bench])."

@@ -25,7 +25,7 @@ from segexport.cli.options import (
 @weights_option(
     "state_dict (.pt/.pth/.safetensors), 'demo' for the shipped checkpoint, or weights from "
     "elsewhere: a Hugging Face SegFormer directory, an mmseg/timm/port checkpoint "
-    "(README: Your own weights)."
+    "(docs/own-weights.md)."
 )
 @click.option(
     "--num-classes", type=POSITIVE, help="Classes of the head (default: the checkpoint's or model's)."

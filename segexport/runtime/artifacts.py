@@ -3,7 +3,7 @@
 An artifact directory holds the exported files and `manifest.json`. Nothing reads a
 model file the manifest's sha256 does not vouch for, and nothing is left half-written:
 work happens in a hidden sibling directory (or temp file) that is renamed into place at
-the end. What the manifest protects against, and what it does not, is in the README's
+the end. What the manifest protects against, and what it does not, is in docs/threat-model.md
 "Threat model": vouched names are plain files directly inside the directory (never a
 symlink), a stage vouches only the files it wrote in this run and refuses to start when
 a file it keeps fails its checksum, and a loader hashes the very bytes it loads.
