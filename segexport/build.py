@@ -263,15 +263,22 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     say = progress or (lambda _message: None)
     options = request.options
     check_options(options, None)
-    directory, manifest, source = prepare_onnx(request, say)
+    said: set[str] = set()
+
+    def say_and_remember(message: str) -> None:
+        said.add(message)
+        say(message)
+
+    directory, manifest, source = prepare_onnx(request, say_and_remember)
     source_only = {**manifest, "files": {source: manifest["files"][source]}}
     for line in readiness.summary_lines(readiness.check_artifacts(directory, "all", source_only)):
-        say(line)
+        if line not in said:  # the quantize step run just now printed it already
+            say(line)
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise UnavailableError(
             f"TensorRT is not importable here ({reason}); the verified {directory / source} is ready: build "
-            f"it on the target device with `segexport trt --artifacts {directory} --{options.precision}`"
+            f"it on the target device with `segexport trt --artifacts {directory} --precision {options.precision}`"
         )
     import tensorrt as trt
 

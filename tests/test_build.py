@@ -52,7 +52,7 @@ IMAGE_MANIFEST: dict[str, Any] = {
         (BuildOptions(dla_core=-1), None, "--dla-core must be >= 0"),
         (BuildOptions(dla_core=0, hardware_compat="ampere+"), None, "DLA engines are tied to their device"),
         (BuildOptions(dla_core=0, version_compatible=True), None, "DLA engines are tied to their device"),
-        (BuildOptions(precision="int8", legacy_fp16_flag=True), None, "it needs --fp16"),
+        (BuildOptions(precision="int8", legacy_fp16_flag=True), None, "it needs --precision fp16"),
         (BuildOptions(hardware_compat="turing+"), None, "--hardware-compat must be one of"),
         (BuildOptions(legacy_fp16_flag=True), "11.4.0.106", "removed BuilderFlag.FP16"),
         (BuildOptions(dla_core=0), "11.4.0.106", "--dla-core needs TensorRT 10.x"),
@@ -264,6 +264,8 @@ def test_trt_without_tensorrt_leaves_the_verified_int8_onnx(tmp_path: Path) -> N
     code, _, err = run("trt", "--precision", "int8", "--model", "unet-small", "--artifacts", str(out))
     assert_one_line_error(code, err, "TensorRT is not importable here", exit_code=3, after_progress=True)
     assert f"{out / 'model.int8.onnx'} is ready" in err
+    assert err.count("TensorRT readiness of model.int8.onnx") == 1, err  # said once, not per stage
+    assert "--precision int8`" in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["weights"]["path"].endswith("unet-small/demo.safetensors")
     assert manifest["precisions"]["int8"]["agreement"] >= 0.99

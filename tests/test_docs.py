@@ -10,12 +10,12 @@ minutes of work); `<!-- not-run: reason -->` skips it, with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,20 +83,25 @@ def _parse(args: list[str]) -> None:
 
 def _check_line(args: list[str]) -> None:
     if args[0] == "segexport":
-        try:
+        with contextlib.suppress(click.exceptions.Exit):  # --help, --version
             _parse(args[1:])
-        except click.exceptions.Exit:
-            pass  # --help, --version
     elif args[0] == "make":
         targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
         assert set(args[1:]) <= targets, f"no Makefile target {set(args[1:]) - targets}"
     elif args[:2] == ["pip", "install"]:
-        extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        extras = _extras()
         for spec in args[2:]:
             named = re.fullmatch(r"segexport\[(.*)\]", spec)
             if named:
                 missing = set(named[1].split(",")) - set(extras)
                 assert not missing, f"no extra {missing}"
+
+
+def _extras() -> set[str]:
+    """The extras pyproject.toml declares (read by hand: tomllib is Python 3.11+)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    return set(re.findall(r"^([\w-]+)\s*=", section, re.M))
 
 
 SHELL = [b for b in blocks() if b.lang != "python"]
@@ -150,7 +155,10 @@ def _scratch(folder: Path) -> None:
 def test_the_runnable_blocks_run_as_written(tmp_path: Path) -> None:
     pytest.importorskip("av")
     _scratch(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     for block in blocks():  # README first: its tour makes artifacts/demo for the docs
         if block.mark is not None:
             continue

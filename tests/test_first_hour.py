@@ -24,7 +24,9 @@ from segexport.runtime.outputs import plan_run
 from segexport.runtime.segmenter import Segmenter
 from tests.clitools import assert_one_line_error, run
 
-needs_video = pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="needs PyAV (the video extra)")
+needs_video = pytest.mark.skipif(
+    importlib.util.find_spec("av") is None, reason="needs PyAV (the video extra)"
+)
 LOADED = "backend:"  # the first line a loaded model prints
 
 
@@ -54,7 +56,12 @@ def _decoded(path: Path) -> list[np.ndarray]:
 @pytest.mark.slow
 @needs_video
 def test_the_newcomer_path(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+    }
 
     def segexport(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "segexport", *args]
@@ -66,14 +73,20 @@ def test_the_newcomer_path(tmp_path: Path) -> None:
     assert manifest["export_shape"] == "1x128x128"  # the demo checkpoint's training size
 
     _video(tmp_path / "street.mp4", 60, (240, 320))
-    ran = segexport("run", "--artifacts", "art", "--input", "street.mp4", "--output", "street-masks.mp4", "--save-ids")
+    ran = segexport(
+        "run", "--artifacts", "art", "--input", "street.mp4", "--output", "street-masks.mp4", "--save-ids"
+    )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stderr.startswith("backend: onnxruntime-cpu, model.onnx") and "resize=keep-aspect" in ran.stderr
+    assert (
+        ran.stderr.startswith("backend: onnxruntime-cpu, model.onnx") and "resize=keep-aspect" in ran.stderr
+    )
     ids = sorted((tmp_path / "street-masks-ids").glob("frame_*.png"))
     assert len(ids) == 60 and ids[0].name == "frame_000000.png"
     classes = json.loads((tmp_path / "street-masks-ids" / "classes.json").read_text())["classes"]
     assert [c["name"] for c in classes][:2] == ["background", "stripes"]
-    assert (tmp_path / "street-masks.classes.json").is_file() and (tmp_path / "street-masks.legend.png").is_file()
+    assert (tmp_path / "street-masks.classes.json").is_file() and (
+        tmp_path / "street-masks.legend.png"
+    ).is_file()
     assert len(_decoded(tmp_path / "street-masks.mp4")) == 60
 
     import av
@@ -88,7 +101,9 @@ def test_the_newcomer_path(tmp_path: Path) -> None:
     one = segexport("run", "--artifacts", "art", "--input", "photo.png", "--output", "one.png")
     assert one.returncode == 0, one.stderr
     with Segmenter.load(tmp_path / "art", threads=1) as seg:
-        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one.png")), seg(tmp_path / "photo.png"))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "one.png")), seg(tmp_path / "photo.png")
+        )
 
     for source, output in (("photo.png", "x.mp4"), ("street.mp4", "masks"), ("photo.png", "x.jpg")):
         refused = segexport("run", "--artifacts", "art", "--input", source, "--output", output)
@@ -129,7 +144,12 @@ def test_lossless_ids_video_gives_the_ids_back(small_artifact: Path, tmp_path: P
     ],
 )
 def test_outputs_that_do_not_fit_are_refused_before_loading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, output: str, save_ids: str | None, message: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+    output: str,
+    save_ids: str | None,
+    message: str,
 ) -> None:
     from segexport.errors import SegexportError
 

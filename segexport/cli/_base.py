@@ -20,10 +20,13 @@ from segexport.errors import SegexportError
 from segexport.extras import missing_extra_error
 from segexport.shapes import InputShape, parse_shape, parse_size
 
-
 # Old spellings, kept one release: command -> old option -> what it now reads.
 DEPRECATED_SPELLINGS: dict[str, dict[str, tuple[str, ...]]] = {
-    "trt": {"--fp16": ("--precision", "fp16"), "--int8": ("--precision", "int8"), "--fp32": ("--precision", "fp32")},
+    "trt": {
+        "--fp16": ("--precision", "fp16"),
+        "--int8": ("--precision", "int8"),
+        "--fp32": ("--precision", "fp32"),
+    },
     "quantize": {"--eval-images": ("--limit",)},
     "bench": {"--eval-images": ("--limit",)},
     "train": {"--batch-size": ("--batch",), "--eval-images": ("--limit",)},

@@ -105,9 +105,9 @@ def write_legend(folder: Path, stem: str, class_names: list[str], palette: np.nd
     from PIL import Image, ImageDraw
 
     colours = np.asarray(palette, dtype=np.uint8)
+    rgb = [tuple(int(c) for c in colours[index % len(colours)]) for index in range(len(class_names))]
     classes = [
-        {"id": index, "name": name, "color": [int(c) for c in colours[index % len(colours)]]}
-        for index, name in enumerate(class_names)
+        {"id": index, "name": name, "color": list(rgb[index])} for index, name in enumerate(class_names)
     ]
     json_path, png_path = folder / f"{stem}classes.json", folder / f"{stem}legend.png"
     json_path.write_text(json.dumps({"classes": classes}, indent=2) + "\n")
@@ -116,7 +116,7 @@ def write_legend(folder: Path, stem: str, class_names: list[str], palette: np.nd
     draw = ImageDraw.Draw(picture)
     for index, entry in enumerate(classes):
         top = 4 + row * index
-        draw.rectangle((6, top, 6 + 28, top + row - 4), fill=tuple(entry["color"]), outline="black")
+        draw.rectangle((6, top, 6 + 28, top + row - 4), fill=rgb[index], outline="black")
         draw.text((42, top + 2), f"{entry['id']}: {entry['name']}", fill="black")
     picture.save(png_path, format="PNG")
     return [json_path, png_path]
@@ -313,7 +313,8 @@ class IdsVideoWriter:
             self._stream = self._writer.add_stream("ffv1", rate=Fraction(self._fps).limit_denominator(1001))
             self._stream.height, self._stream.width = np.shape(mask)
             self._stream.pix_fmt = self._format
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(mask, dtype=self._dtype), format=self._format)
+        ids: Any = np.ascontiguousarray(mask, dtype=self._dtype)  # uint8 or uint16, as the format says
+        frame = av.VideoFrame.from_ndarray(ids, format=self._format)
         for packet in self._stream.encode(frame):
             self._writer.mux(packet)
 

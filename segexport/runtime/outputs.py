@@ -114,7 +114,7 @@ def plan_run(
     else:
         plan = RunPlan(source, kind, output, "folder", None, overlay, force)
     for path in plan.written():
-        _check_free(path, force, folder=path == output and plan.target == "folder" or path == plan.ids)
+        _check_free(path, force, folder=(path == output and plan.target == "folder") or path == plan.ids)
     return plan
 
 
