@@ -277,8 +277,9 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise UnavailableError(
-            f"TensorRT is not importable here ({reason}); the verified {directory / source} is ready: build "
-            f"it on the target device with `segexport trt --artifacts {directory} --precision {options.precision}`"
+            f"TensorRT is not importable here ({reason}); the verified {directory / source} is ready: "
+            f"build it on the target device with "
+            f"`segexport trt --artifacts {directory} --precision {options.precision}`"
         )
     import tensorrt as trt
 
