@@ -184,3 +184,13 @@ def test_overlays_leave_unlabelled_pixels_alone() -> None:
     blended = overlay(image, mask, alpha=0.5)
     np.testing.assert_array_equal(blended[:, 0], image[:, 0])  # class 0: black in the palette
     assert not np.array_equal(blended[:, 1], image[:, 1])
+
+
+def test_export_size_defaults_to_the_checkpoints_training_size(tmp_path: Path) -> None:
+    from segexport.export import ExportRequest
+    from segexport.export.plan import plan_export
+
+    trained = plan_export(ExportRequest("segformer-b0", weights="demo", out_dir=tmp_path / "a"))
+    assert (trained.export_shape.height, trained.export_shape.width) == (128, 128)
+    untrained = plan_export(ExportRequest("segformer-b0", out_dir=tmp_path / "b"))
+    assert (untrained.export_shape.height, untrained.export_shape.width) == (512, 512)  # the model's
