@@ -644,7 +644,7 @@ def test_read_only_directories_are_refused_up_front(
     assert_one_line_error(code, stderr, f"cannot write to {artifact}")
     code, _, stderr = run("verify", "--artifacts", str(artifact), "--against", "onnx", "--data", "random")
     assert_one_line_error(code, stderr, f"cannot write to {artifact}")
-    code, _, stderr = run("trt", "--artifacts", str(artifact), "--fp32")
+    code, _, stderr = run("trt", "--artifacts", str(artifact), "--precision", "fp32")
     assert_one_line_error(code, stderr, f"cannot write to {artifact}")
 
 
