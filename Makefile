@@ -48,11 +48,11 @@ demo: $(INSTALLED)
 
 # The recipes of the shipped checkpoints (models/*/demo.safetensors). CPU: ~15-25 min each.
 demo-checkpoints: $(INSTALLED)
-	$(SEGEXPORT) train --model unet-small --epochs 25 --steps 100 --lr 3e-3 --eval-images 32 \
+	$(SEGEXPORT) train --model unet-small --epochs 25 --steps 100 --lr 3e-3 --limit 32 \
 		--out models/unet-small/demo.safetensors --force
-	$(SEGEXPORT) train --model segformer-b0 --epochs 25 --steps 100 --lr 2e-3 --eval-images 32 \
+	$(SEGEXPORT) train --model segformer-b0 --epochs 25 --steps 100 --lr 2e-3 --limit 32 \
 		--out models/segformer-b0/demo.safetensors --force
-	$(SEGEXPORT) train --model deeplabv3plus-mobilenetv2 --epochs 25 --steps 100 --lr 2e-3 --eval-images 32 \
+	$(SEGEXPORT) train --model deeplabv3plus-mobilenetv2 --epochs 25 --steps 100 --lr 2e-3 --limit 32 \
 		--out models/deeplabv3plus-mobilenetv2/demo.safetensors --force
 
 test: $(INSTALLED)

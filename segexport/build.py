@@ -85,16 +85,6 @@ class BuildOptions:
         return data
 
 
-def choose_precision(fp32: bool, fp16: bool, int8: bool) -> str:
-    """The one precision flag given; FP16 when none is."""
-    chosen = [name for name, flag in (("fp32", fp32), ("fp16", fp16), ("int8", int8)) if flag]
-    if len(chosen) > 1:
-        raise SegexportError(
-            f"--{' and --'.join(chosen)} are mutually exclusive: build one precision at a time"
-        )
-    return chosen[0] if chosen else "fp16"
-
-
 def check_options(options: BuildOptions, tensorrt_version: str | None) -> None:
     """Refuse impossible combinations; the version-specific ones once the version is known."""
     if options.precision not in PRECISIONS:
@@ -118,7 +108,7 @@ def check_options(options: BuildOptions, tensorrt_version: str | None) -> None:
                 "and --version-compatible"
             )
     if options.legacy_fp16_flag and options.precision != "fp16":
-        raise SegexportError("--legacy-fp16-flag builds FP16 from the FP32 ONNX; it needs --fp16")
+        raise SegexportError("--legacy-fp16-flag builds FP16 from the FP32 ONNX; it needs --precision fp16")
     if tensorrt_version is None:
         return
     major = int(tensorrt_version.split(".")[0])
@@ -297,8 +287,9 @@ def build_artifact(request: BuildRequest, progress: Progress | None = None) -> d
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise UnavailableError(
-            f"TensorRT is not importable here ({reason}); the verified {directory / source} is ready: build "
-            f"it on the target device with `segexport trt --artifacts {directory} --{options.precision}`"
+            f"TensorRT is not importable here ({reason}); the verified {directory / source} is ready: "
+            f"build it on the target device with "
+            f"`segexport trt --artifacts {directory} --precision {options.precision}`"
         )
     import tensorrt as trt
 

@@ -129,7 +129,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"CUDA:         {devices or 'no - ' + str(cuda['reason'])}",
         f"cuda-python:  {report['cuda_python'] or 'not installed'}{cuda_versions}",
         f"onnxruntime:  {ort['version']} ({', '.join(ort['providers'])}); GPU backends: {gpu_backends}",
-        f"onnx:         {report['onnx']}",
+        f"onnx:         {report['onnx'] or 'not installed (the export extra; not needed to run)'}",
         f"torch:        {torch_info['version'] or 'no - ' + str(torch_info['reason'])}"
         + (f" (CUDA: {torch_info['cuda_device']})" if torch_info.get("cuda") else " (CPU only)"),
         "can do here:",

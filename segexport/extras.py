@@ -9,7 +9,7 @@ install instead of showing a traceback.
 
 from __future__ import annotations
 
-from segexport.errors import SegexportError
+from segexport.errors import SegexportError, UnavailableError
 
 EXTRAS = {
     "export": ("torch", "onnx", "onnxsim", "onnxscript", "safetensors", "tqdm"),
@@ -27,11 +27,15 @@ def extra_for(module: str | None) -> str | None:
 
 
 def missing_extra_error(error: ModuleNotFoundError) -> SegexportError | None:
-    """The one-line error for an import that an uninstalled extra would satisfy."""
+    """The one-line error for an import that an uninstalled extra would satisfy.
+
+    Exit 3 like every "this install or machine lacks it" error (UnavailableError), for
+    every extra alike: scripts tell "install something" (3) from "fix the command" (2).
+    """
     extra = extra_for(error.name)
     if extra is None:
         return None
-    return SegexportError(
+    return UnavailableError(
         f"this command needs the '{extra}' extra ({error.name} is not installed): "
         f"pip install 'segexport[{extra}]'"
     )

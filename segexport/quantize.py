@@ -246,7 +246,7 @@ def check_request(request: QuantizeRequest) -> None:
     """Refuse bad options before any work (the CLI's ranges say the same)."""
     if not (request.fp16 or request.int8 or request.int8_cpu):
         raise SegexportError("nothing to do: pass --fp16, --int8 or --int8-cpu")
-    for value, option in ((request.calib_size, "--calib-size"), (request.eval_images, "--eval-images")):
+    for value, option in ((request.calib_size, "--calib-size"), (request.eval_images, "--limit")):
         if value < 1:
             raise SegexportError(f"{option} must be >= 1, got {value}")
     if request.threads is not None and request.threads < 1:

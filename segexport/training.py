@@ -156,7 +156,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict[str, An
     for value, name in (
         (config.epochs, "--epochs"),
         (config.steps_per_epoch, "--steps"),
-        (config.batch_size, "--batch-size"),
+        (config.batch_size, "--batch"),
     ):
         if value < 1:
             raise SegexportError(f"{name} must be >= 1, got {value}")

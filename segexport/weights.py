@@ -210,6 +210,12 @@ def resolve_weights(model_name: str, value: str | Path) -> Weights:
     """A checkpoint path, or `demo` for the checkpoint shipped with the model."""
     if str(value) == "demo":
         path = demo_checkpoint(model_name)
+        if not DEMO_DIR.is_dir():
+            raise SegexportError(
+                "--weights demo: the demo checkpoints ship in the source repository "
+                "(models/MODEL/demo.safetensors), not in the pip package; run from a clone of the "
+                "repository or pass --weights PATH (e.g. a Hugging Face SegFormer directory)"
+            )
         if not path.is_file():
             shipped = sorted(p.parent.name for p in DEMO_DIR.glob("*/demo.safetensors"))
             raise SegexportError(

@@ -16,7 +16,6 @@ from segexport import doctor
 from segexport.build import (
     BuildOptions,
     check_options,
-    choose_precision,
     derive_profile,
     profile_check_shapes,
 )
@@ -44,13 +43,6 @@ IMAGE_MANIFEST: dict[str, Any] = {
 # --------------------------------------------------------------------------- options
 
 
-def test_precision_flags_are_exclusive_and_default_to_fp16() -> None:
-    assert choose_precision(fp32=False, fp16=False, int8=False) == "fp16"
-    assert choose_precision(fp32=False, fp16=False, int8=True) == "int8"
-    with pytest.raises(SegexportError, match="--fp16 and --int8 are mutually exclusive"):
-        choose_precision(fp32=False, fp16=True, int8=True)
-
-
 @pytest.mark.parametrize(
     ("options", "version", "message"),
     [
@@ -60,7 +52,7 @@ def test_precision_flags_are_exclusive_and_default_to_fp16() -> None:
         (BuildOptions(dla_core=-1), None, "--dla-core must be >= 0"),
         (BuildOptions(dla_core=0, hardware_compat="ampere+"), None, "DLA engines are tied to their device"),
         (BuildOptions(dla_core=0, version_compatible=True), None, "DLA engines are tied to their device"),
-        (BuildOptions(precision="int8", legacy_fp16_flag=True), None, "it needs --fp16"),
+        (BuildOptions(precision="int8", legacy_fp16_flag=True), None, "it needs --precision fp16"),
         (BuildOptions(hardware_compat="turing+"), None, "--hardware-compat must be one of"),
         (BuildOptions(legacy_fp16_flag=True), "11.4.0.106", "removed BuilderFlag.FP16"),
         (BuildOptions(dla_core=0), "11.4.0.106", "--dla-core needs TensorRT 10.x"),
@@ -272,9 +264,11 @@ def test_engine_runtime_does_not_import_torch() -> None:
 
 def test_trt_without_tensorrt_leaves_the_verified_int8_onnx(tmp_path: Path) -> None:
     out = tmp_path / "unet-small"
-    code, _, err = run("trt", "--int8", "--model", "unet-small", "--artifacts", str(out))
+    code, _, err = run("trt", "--precision", "int8", "--model", "unet-small", "--artifacts", str(out))
     assert_one_line_error(code, err, "TensorRT is not importable here", exit_code=3, after_progress=True)
     assert f"{out / 'model.int8.onnx'} is ready" in err
+    assert err.count("TensorRT readiness of model.int8.onnx") == 1, err  # said once, not per stage
+    assert "--precision int8`" in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["weights"]["path"].endswith("unet-small/demo.safetensors")
     assert manifest["precisions"]["int8"]["agreement"] >= 0.99
@@ -285,8 +279,7 @@ def test_trt_without_tensorrt_leaves_the_verified_int8_onnx(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--fp16", "--int8"], "--fp16 and --int8 are mutually exclusive"),
-        (["--int8", "--legacy-fp16-flag"], "it needs --fp16"),
+        (["--precision", "int8", "--legacy-fp16-flag"], "it needs --precision fp16"),
         (["--gpu-fallback"], "--gpu-fallback only applies with --dla-core"),
     ],
 )
@@ -298,7 +291,7 @@ def test_trt_option_errors(tmp_path: Path, args: list[str], message: str) -> Non
 
 def test_trt_keeps_an_existing_engine_without_force(tmp_path: Path) -> None:
     directory = _engine_artifact(tmp_path / "art", _record())
-    code, _, err = run("trt", "--int8", "--artifacts", str(directory))
+    code, _, err = run("trt", "--precision", "int8", "--artifacts", str(directory))
     assert_one_line_error(code, err, "model.int8.engine already exists; pass --force")
 
 

@@ -546,7 +546,7 @@ def test_accuracy_data_is_seen_at_the_model_size(tmp_path: Path) -> None:
         ["onnx", "--rtol", "nan"],
         ["quantize", "--percentile", "150"],
         ["quantize", "--percentile", "0"],
-        ["quantize", "--eval-images", "0"],
+        ["quantize", "--limit", "0"],
         ["quantize", "--calib-size", "0"],
         ["quantize", "--min-agreement", "1.5"],
         ["quantize", "--method", "median"],
@@ -644,7 +644,7 @@ def test_read_only_directories_are_refused_up_front(
     assert_one_line_error(code, stderr, f"cannot write to {artifact}")
     code, _, stderr = run("verify", "--artifacts", str(artifact), "--against", "onnx", "--data", "random")
     assert_one_line_error(code, stderr, f"cannot write to {artifact}")
-    code, _, stderr = run("trt", "--artifacts", str(artifact), "--fp32")
+    code, _, stderr = run("trt", "--artifacts", str(artifact), "--precision", "fp32")
     assert_one_line_error(code, stderr, f"cannot write to {artifact}")
 
 

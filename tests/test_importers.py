@@ -117,7 +117,7 @@ def test_hf_segformer_b0_exports_without_model_and_matches_transformers(
 
 def test_hf_artifact_goes_through_quantize_and_trt_unchanged(hf_artifact: tuple[Any, Path, Path]) -> None:
     _, _, out = hf_artifact
-    code, _, err = run("trt", "--fp16", "--artifacts", str(out))
+    code, _, err = run("trt", "--precision", "fp16", "--artifacts", str(out))
     # No TensorRT here: trt runs the earlier stages (FP16 ONNX, measured against the
     # imported PyTorch model rebuilt from the manifest) and stops with exit 3.
     assert code == 3, err

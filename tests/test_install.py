@@ -102,7 +102,7 @@ def test_doctor_and_missing_extras_without_torch(runtime_venv: tuple[Path, Path]
     assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
 
     export = _run([*segexport, "onnx", "--model", "unet-small", "--size", "64x64"], cwd=tmp_path)
-    assert export.returncode == 2
+    assert export.returncode == 3  # every missing extra: exit 3
     assert "Traceback" not in export.stderr
     message = export.stderr.strip()
     assert message.startswith("segexport: error: this command needs the 'export' extra ("), message
@@ -110,7 +110,7 @@ def test_doctor_and_missing_extras_without_torch(runtime_venv: tuple[Path, Path]
     assert len(message.splitlines()) == 1
     assert not (tmp_path / "artifacts").exists()
     bench = _run([*segexport, "bench", "--model", "unet-small", "--runs", "1"], cwd=tmp_path)
-    assert bench.returncode == 2 and "Traceback" not in bench.stderr
+    assert bench.returncode == 3 and "Traceback" not in bench.stderr
     assert bench.stderr.strip().endswith("pip install 'segexport[export]'"), bench.stderr
 
 
@@ -121,7 +121,7 @@ def test_triton_without_its_extra_says_which(
     _, python = runtime_venv
     command = [str(python), "-m", "segexport", "triton", "--artifacts", str(small_artifact), "--repo", "repo"]
     ran = _run(command, cwd=tmp_path)
-    assert ran.returncode == 2
+    assert ran.returncode == 3
     assert ran.stderr.strip() == (
         "segexport: error: this command needs the 'triton' extra (tritonclient is not installed): "
         "pip install 'segexport[triton]'"

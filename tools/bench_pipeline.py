@@ -22,7 +22,7 @@ import numpy as np
 from segexport.data import SyntheticScenes
 from segexport.runtime import Segmenter
 from segexport.runtime.media import VideoWriter
-from segexport.runtime.pipeline import run_media
+from segexport.runtime.pipeline import plan_run, run_media
 
 
 def write_video(path: Path, frames: int, size: tuple[int, int] = (480, 640)) -> None:
@@ -64,7 +64,7 @@ def main() -> None:
         if not video.exists():
             write_video(video, args.frames)
         before = bare_fps(segmenter, (480, 640), args.frames // 2)
-        summary = run_media(segmenter, str(video), Path(scratch) / "masks.mp4", force=True)
+        summary = run_media(segmenter, plan_run(str(video), Path(scratch) / "masks.mp4", force=True))
         after = bare_fps(segmenter, (480, 640), args.frames // 2)
     bare = (before + after) / 2
     print(f"segmenter: {segmenter.describe()}")

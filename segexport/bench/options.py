@@ -118,7 +118,7 @@ def check_request(request: BenchRequest) -> None:
         (request.runs, "--runs", 1, MAX_RUNS),
         (request.threads, "--threads", 1, None),
         (request.warmup, "--warmup", 0, MAX_WARMUP),
-        (request.eval_images, "--eval-images", 1, MAX_EVAL_IMAGES),
+        (request.eval_images, "--limit", 1, MAX_EVAL_IMAGES),
     ):
         if value is not None and not (low <= value and (high is None or value <= high)):
             limit = f"{low}..{high}" if high is not None else f">= {low}"

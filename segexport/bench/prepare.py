@@ -16,6 +16,7 @@ import torch
 
 from segexport.bench.options import BenchRequest, Progress, parse_formats
 from segexport.export import ExportRequest, export_onnx
+from segexport.export.plan import trained_size as trained_size_of
 from segexport.quantize import QuantizeRequest, quantize_artifact
 from segexport.weights import resolve_weights
 from segexport.zoo import create_model, get_spec
@@ -56,7 +57,7 @@ def _prepare(
         if request.artifacts is not None:
             say(f"note: the random weights {directory} was exported from are not kept")
     else:
-        trained_size = (resolve_weights(spec.name, weights).record or {}).get("input_size")
+        trained_size = trained_size_of(resolve_weights(spec.name, weights))
     height, width = request.size or trained_size or spec.default_size
     described = f"checkpoint {weights}" if trained else "seeded random weights"
     say(f"exporting {spec.name} ({described}) at {height}x{width}")

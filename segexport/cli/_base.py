@@ -20,9 +20,51 @@ from segexport.errors import SegexportError
 from segexport.extras import missing_extra_error
 from segexport.shapes import InputShape, parse_shape, parse_size
 
+# Old spellings, kept one release: command -> old option -> what it now reads.
+DEPRECATED_SPELLINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "trt": {
+        "--fp16": ("--precision", "fp16"),
+        "--int8": ("--precision", "int8"),
+        "--fp32": ("--precision", "fp32"),
+    },
+    "quantize": {"--eval-images": ("--limit",)},
+    "bench": {"--eval-images": ("--limit",)},
+    "train": {"--batch-size": ("--batch",), "--eval-images": ("--limit",)},
+}
+
+
+class _Command(click.Command):
+    """A command that reads the old spellings in DEPRECATED_SPELLINGS, with a deprecation line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        old = DEPRECATED_SPELLINGS.get(self.name or "", {})
+        if old:
+            args = _respell(args, old)
+        return super().parse_args(ctx, args)
+
+
+def _respell(args: list[str], old: dict[str, tuple[str, ...]]) -> list[str]:
+    """`args` in today's spellings; two old flags for one option (`--fp16 --int8`) are refused."""
+    respelled: list[str] = []
+    used: dict[str, str] = {}
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if name not in old:
+            respelled.append(arg)
+            continue
+        new = old[name]
+        if len(new) > 1 and new[0] in used:
+            raise click.UsageError(f"{used[new[0]]} and {name} are mutually exclusive: pick one {new[0]}")
+        used[new[0]] = name
+        click.echo(f"segexport: note: {name} is deprecated; use {' '.join(new)}", err=True)
+        respelled += [*new, value] if sep else list(new)
+    return respelled
+
 
 class _Group(click.Group):
     """Every error, click's usage errors included, as one `segexport: error: ...` line."""
+
+    command_class = _Command
 
     def main(
         self,
@@ -45,6 +87,8 @@ class _Group(click.Group):
             sys.exit(error.exit_code)
         except click.ClickException as error:
             message = error.format_message().replace("\n", " ")
+            if "unexpected extra argument" in message:  # `--input photos/*.png`: the shell expanded it
+                message += "; an option takes one path: for many images, pass the folder (--input photos/)"
             context = getattr(error, "ctx", None)
             message += f" (see '{context.command_path if context else 'segexport'} --help')"
             if "--json" in argv:
@@ -146,4 +190,10 @@ def take_fields(params: dict[str, Any], cls: type) -> dict[str, Any]:
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="segexport")
 def main() -> None:
-    """Export PyTorch segmentation models to verified ONNX (and later TensorRT)."""
+    """Export PyTorch segmentation models to verified ONNX, FP16/INT8 ONNX and TensorRT engines,
+    and run them (torch-free) on images, folders, videos and cameras.
+
+    Exit codes: 0 ok; 1 verification failed (an artifact differs from its reference);
+    2 a usage or input error (fix the command); 3 this install or machine lacks something
+    (an extra, TensorRT, a GPU).
+    """

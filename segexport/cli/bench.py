@@ -61,7 +61,8 @@ from segexport.cli.options import (
 @click.option("--seconds", type=Float(min=0.0, min_open=True), help="Timed seconds per format [2].")
 @data_option("'synthetic' or a labelled folder.")
 @click.option(
-    "--eval-images",
+    "--limit",
+    "eval_images",
     type=POSITIVE,
     default=8,
     show_default=True,

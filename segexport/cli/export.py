@@ -43,12 +43,12 @@ def _triple(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 @weights_option(
     "state_dict (.pt/.pth/.safetensors), 'demo' for the shipped checkpoint, or weights from "
     "elsewhere: a Hugging Face SegFormer directory, an mmseg/timm/port checkpoint "
-    "(README: Your own weights)."
+    "(docs/own-weights.md)."
 )
 @click.option(
     "--num-classes", type=POSITIVE, help="Classes of the head (default: the checkpoint's or model's)."
 )
-@size_option("Export height x width, e.g. 512x512.")
+@size_option("Export HxW, e.g. 512x512 [the checkpoint's training size, else the model's default].")
 @click.option("--batch", type=POSITIVE, default=1, show_default=True, help="Export batch size.")
 @size_option("Smallest HxW the artifact accepts.", name="--min-size")
 @size_option("Largest HxW the artifact accepts.", name="--max-size")

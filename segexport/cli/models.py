@@ -66,7 +66,7 @@ def _zoo_rows() -> list[dict[str, Any]]:
 @click.option(
     "--steps", "steps_per_epoch", type=POSITIVE, default=100, show_default=True, help="Steps per epoch."
 )
-@click.option("--batch-size", type=POSITIVE, default=8, show_default=True, help="Images per step.")
+@click.option("--batch", "batch_size", type=POSITIVE, default=8, show_default=True, help="Images per step.")
 @size_option("Training crop HxW.", default="128x128", show_default=True)
 @click.option(
     "--loss", default="ce+dice", show_default=True, help="Terms of ce, dice, focal, lovasz, boundary."
@@ -75,7 +75,12 @@ def _zoo_rows() -> list[dict[str, Any]]:
     "--lr", type=Float(min=0.0, min_open=True), default=2e-3, show_default=True, help="Learning rate."
 )
 @click.option(
-    "--eval-images", type=POSITIVE, default=16, show_default=True, help="Held-out images per evaluation."
+    "--limit",
+    "eval_images",
+    type=POSITIVE,
+    default=16,
+    show_default=True,
+    help="Held-out images per evaluation.",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 @model_arg_option()

@@ -46,7 +46,7 @@ from segexport.cli.options import (
     type=click.Choice(["minmax", "entropy", "percentile"]),
     default="percentile",
     show_default=True,
-    help="Activation ranges. percentile: best or tied on every demo model and scheme (README: INT8 on CPUs).",
+    help="Activation ranges. percentile: best or tied on every demo model and scheme (docs/precision.md).",
 )
 @click.option(
     "--percentile",
@@ -64,7 +64,12 @@ from segexport.cli.options import (
     help="INT8 argmax agreement with PyTorch FP32 below which sensitive layers stay float.",
 )
 @click.option(
-    "--eval-images", type=POSITIVE, default=16, show_default=True, help="Held-out images for verification."
+    "--limit",
+    "eval_images",
+    type=POSITIVE,
+    default=16,
+    show_default=True,
+    help="Held-out images for verification.",
 )
 @force_option("Replace existing precision files.")
 @threads_option()

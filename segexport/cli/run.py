@@ -10,18 +10,32 @@ import click
 from segexport.cli._base import echo_json, main, progress
 from segexport.cli.options import artifacts_option, force_option, json_option, threads_option
 from segexport.runtime.backends import BACKEND_NAMES
+from segexport.runtime.run_outputs import IDS_BESIDE
 
 
 @main.command("run")
 @artifacts_option("Artifact directory (from segexport onnx/quantize/trt).", required=True)
 @click.option(
-    "--input", "source", required=True, help="An image, a folder of images, a video file or a camera index."
+    "--input",
+    "source",
+    required=True,
+    help="An image, a folder of images (pass the folder, not a shell glob), a video file or a camera index.",
 )
 @click.option(
     "--output",
     type=click.Path(path_type=Path),
     required=True,
-    help="A folder (images: masks/ and overlays/) or a video file (.mp4, .mkv, ...).",
+    help="Its suffix decides: x.png (one image: its label map), a folder (images: masks/, overlays/), "
+    "or a video file (.mp4, .mkv, ...; colours for eyes, lossy).",
+)
+@click.option(
+    "--save-ids",
+    is_flag=False,
+    flag_value=IDS_BESIDE,
+    default=None,
+    metavar="[DIR|FILE.mkv]",
+    help="Videos: also write exact class ids, as numbered PNG label maps in DIR [OUTPUT-ids/ beside "
+    "the video] or a lossless FFV1 .mkv. Image masks are always label maps.",
 )
 @click.option("--overlay", is_flag=True, help="Also write overlays (images) / write an overlay video.")
 @click.option("--tta", is_flag=True, help="Average over scales 0.75/1/1.25 and horizontal flips.")
@@ -44,9 +58,8 @@ from segexport.runtime.backends import BACKEND_NAMES
     "--resize",
     "resize_mode",
     type=click.Choice(["fixed", "keep-aspect", "native"]),
-    default="fixed",
-    show_default=True,
-    help="fixed: the export size; keep-aspect: scale and pad; native: pad only.",
+    help="fixed: stretch to the export size; keep-aspect: scale and pad; native: pad only "
+    "[videos: keep-aspect unless the artifact takes one size; images: fixed].",
 )
 @click.option(
     "--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per inference."
@@ -64,30 +77,40 @@ from segexport.runtime.backends import BACKEND_NAMES
 @threads_option("CPU threads for ONNX Runtime.")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="GPU index.")
 @force_option("Replace an existing output.")
+@click.option("--verbose", is_flag=True, help="Print the whole backend table, not the one-line choice.")
 @json_option("Print a JSON summary on stdout.")
 def run(
     artifacts: Path,
     source: str,
     output: Path,
+    save_ids: str | None,
     overlay: bool,
     tta: bool,
     crf: bool,
     backend: str,
     precision: str,
-    resize_mode: str,
+    resize_mode: str | None,
     batch: int,
     color: str | None,
     allow_damaged: bool,
     threads: int | None,
     device: int,
     force: bool,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Segment an image, a folder, a video or a camera with an artifact; masks at the input's size."""
-    from segexport.runtime.pipeline import check_run_output, run_media
+    from segexport.runtime.artifacts import read_manifest
+    from segexport.runtime.geometry import SizeRule
+    from segexport.runtime.pipeline import plan_run, run_media
     from segexport.runtime.segmenter import TTA, Segmenter
 
-    check_run_output(source, output, force, artifacts)  # the output policy, before the model loads
+    # Everything that can be refused is refused before the model loads.
+    plan = plan_run(source, output, save_ids, overlay, force, artifacts)  # and the output policy
+    manifest = read_manifest(artifacts)
+    if resize_mode is None:
+        video = plan.kind in ("video", "camera")
+        resize_mode = "keep-aspect" if video and SizeRule.from_manifest(manifest).dynamic_size else "fixed"
     refine = "crf" if crf else None
     segmenter = Segmenter.load(
         artifacts,
@@ -100,11 +123,10 @@ def run(
         refine=refine,
     )
     with segmenter:
-        progress(segmenter.describe())
+        progress(segmenter.describe() if verbose else segmenter.summary())
         summary = run_media(
-            segmenter, source, output, overlay, force, batch, color, _frame_progress, artifacts=artifacts,
-            allow_damaged=allow_damaged,
-        )  # fmt: skip
+            segmenter, plan, batch, color, progress=_frame_progress, allow_damaged=allow_damaged
+        )
     click.echo("", err=True)
     if summary.lost_frames:
         click.echo(

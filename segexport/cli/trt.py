@@ -14,7 +14,6 @@ from segexport.cli.options import (
     json_option,
     max_batch_option,
     model_option,
-    precision_flags,
     size_option,
     threads_option,
     weights_option,
@@ -22,12 +21,13 @@ from segexport.cli.options import (
 
 
 @main.command("trt")
-@precision_flags(
-    {
-        "--fp16": "Strongly typed engine from model.fp16.onnx (the default).",
-        "--int8": "Strongly typed engine from the Q/DQ model.int8.onnx.",
-        "--fp32": "Engine from model.onnx.",
-    }
+@click.option(
+    "--precision",
+    type=click.Choice(["fp16", "int8", "fp32"]),
+    default="fp16",
+    show_default=True,
+    help="fp16: strongly typed from model.fp16.onnx; int8: from the Q/DQ model.int8.onnx; "
+    "fp32: from model.onnx. (--fp16/--int8/--fp32: deprecated spellings.)",
 )
 @model_option("Zoo name; runs the missing earlier stages first.")
 @weights_option("Checkpoint for the export step [the shipped demo checkpoint if any].")
@@ -75,12 +75,11 @@ from segexport.cli.options import (
 )
 @threads_option("CPU threads for the earlier stages and the check.")
 @json_option()
-def trt(as_json: bool, fp32: bool, fp16: bool, int8: bool, **params: Any) -> None:
+def trt(as_json: bool, precision: str, **params: Any) -> None:
     """Build a TensorRT engine (10.x or 11.x) from the verified precision ONNX, then check it."""
-    from segexport.build import BuildOptions, BuildRequest, build_artifact, choose_precision
+    from segexport.build import BuildOptions, BuildRequest, build_artifact
     from segexport.runtime.files import engine_file_name
 
-    precision = choose_precision(fp32=fp32, fp16=fp16, int8=int8)
     options = BuildOptions(**take_fields(params, BuildOptions), precision=precision)
     if params["model"] is None and params["artifacts"] is None:
         params["model"] = "segformer-b0"

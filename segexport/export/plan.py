@@ -154,7 +154,12 @@ def plan_export(request: ExportRequest) -> ExportPlan:
     if request.batch < 1 or max_batch < request.batch:
         raise SegexportError(f"--batch must be between 1 and --max-batch {max_batch}, got {request.batch}")
     if spec.input_kind == "image":
-        size = request.size or (imported.size if imported else None) or spec.default_size
+        size = (
+            request.size
+            or (imported.size if imported else None)
+            or trained_size(weights)
+            or spec.default_size
+        )
         min_size = request.min_size or _at_most(default.min_size, size)
         max_size = request.max_size or _at_least(default.max_size, size)
         for label, (height, width) in (("--size", size), ("--min-size", min_size), ("--max-size", max_size)):
@@ -202,6 +207,12 @@ def plan_export(request: ExportRequest) -> ExportPlan:
         request.module,
         request.source,
     )
+
+
+def trained_size(weights: Weights | None) -> tuple[int, int] | None:
+    """The size the checkpoint was trained at, when it records one (`train` does)."""
+    size = ((weights.record if weights else None) or {}).get("input_size")
+    return (int(size[0]), int(size[1])) if size else None
 
 
 def _check_caps(shapes: list[InputShape], dynamic: DynamicRange) -> None:

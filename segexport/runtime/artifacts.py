@@ -3,7 +3,7 @@
 An artifact directory holds the exported files and `manifest.json`. Nothing reads a
 model file the manifest's sha256 does not vouch for, and nothing is left half-written:
 work happens in a hidden sibling directory (or temp file) that is renamed into place at
-the end. What the manifest protects against, and what it does not, is in the README's
+the end. What the manifest protects against, and what it does not, is in docs/threat-model.md
 "Threat model": vouched names are plain files directly inside the directory (never a
 symlink), a stage vouches only the files it wrote in this run and refuses to start when
 a file it keeps fails its checksum, and a loader hashes the very bytes it loads.
@@ -258,6 +258,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if path.is_symlink():
         raise SegexportError(f"{path}: is a symbolic link; refusing it")
+    if not directory.is_dir():
+        raise SegexportError(
+            f"{directory}: the artifact directory does not exist (make one with segexport onnx --out DIR)"
+        )
     if not path.is_file():
         raise SegexportError(f"{directory}: no {MANIFEST}; is this a segexport artifact directory?")
     try:

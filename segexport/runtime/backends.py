@@ -152,11 +152,24 @@ class Selection:
     file_name: str
     passed_over: list[tuple[str, str]] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line: `backend: NAME, FILE (why: ...)`; `describe()` has the whole table."""
+        why = ", ".join(f"{name}: {_short(reason)}" for name, reason in self.passed_over)
+        return f"backend: {self.backend.name}, {self.file_name}" + (f" (why: {why})" if why else "")
+
     def describe(self) -> str:
         text = f"{self.backend.name} running {self.file_name} ({self.precision})"
         if self.passed_over:
             text += "; not taken: " + "; ".join(f"{name}: {reason}" for name, reason in self.passed_over)
         return text
+
+
+def _short(reason: str) -> str:
+    """The gist of a reason, for the one-line summary ("no engine", "no CUDAExecutionProvider")."""
+    first = reason.split(" (")[0].split("; ")[0].strip()
+    if first.startswith("the artifact has no"):
+        return "no engine" if ".engine" in first else "no " + first.split()[-1]
+    return first.replace("this onnxruntime build has ", "")
 
 
 def _candidates(backend: Backend, precision: str, manifest: dict[str, Any]) -> tuple[list[str], str | None]:
@@ -203,6 +216,13 @@ def select_runner(
         if reason is not None:
             passed_over.append((entry.name, reason))
     detail = "; ".join(f"{name}: {why}" for name, why in passed_over)
+    cpu_int8 = cpu_onnx_file_name("int8")
+    cpu_allowed = backend in ("auto", "onnxruntime-cpu")
+    if precision == "int8" and cpu_allowed and cpu_int8 not in manifest.get("files", {}):
+        raise UnavailableError(
+            f"no INT8 graph this machine runs: the CPU needs {cpu_int8}; make it with "
+            f"segexport quantize --int8-cpu --artifacts {directory} (or pass --precision fp32)"
+        )
     if backend != "auto" or precision != "auto":
         raise UnavailableError(f"cannot run {backend} {precision} here ({detail})")
     raise UnavailableError(f"no backend can run {directory} here ({detail})")

@@ -50,12 +50,18 @@ def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
 def overlay(
     image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, palette: np.ndarray | None = None
 ) -> np.ndarray:
-    """The RGB image with the colourised mask blended over it (`alpha` = mask opacity)."""
+    """The RGB image with the colourised mask blended over it (`alpha` = mask opacity).
+
+    Classes whose palette colour is black (class 0, "background", in the default palette)
+    leave the image as it is: blending black would only darken what is not labelled.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise SegexportError(f"overlay alpha must be in 0..1, not {alpha}")
     if image.shape[:2] != np.shape(mask):
         raise SegexportError(f"image {image.shape[:2]} and mask {np.shape(mask)} differ in size")
-    blended = image.astype(np.float32) * (1 - alpha) + colorize(mask, palette).astype(np.float32) * alpha
+    colours = colorize(mask, palette)
+    weight = np.where(colours.any(axis=2, keepdims=True), np.float32(alpha), np.float32(0.0))
+    blended = image.astype(np.float32) * (1 - weight) + colours.astype(np.float32) * weight
     return (blended + 0.5).astype(np.uint8)
 
 
@@ -72,15 +78,51 @@ def list_images(folder: Path, what: str = "images") -> list[Path]:
 
 
 def save_mask_png(mask: np.ndarray, path: Path, palette: np.ndarray | None = None) -> None:
-    """Class ids as a palette PNG: viewers show colours, readers get the ids back exactly."""
+    """Class ids as a PNG label map that reads back exactly (`np.asarray(Image.open(path))`).
+
+    Up to 256 classes: an 8-bit palette PNG (viewers show the colours); past 255 a 16-bit
+    grayscale PNG (ids up to 65535, no colours).
+    """
     from PIL import Image
 
-    if int(np.max(mask)) > 255:
-        raise SegexportError(f"{path}: a palette PNG holds up to 256 classes")
-    picture = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    ids = np.asarray(mask)
+    top = int(ids.max()) if ids.size else 0
+    if top > 65535:
+        raise SegexportError(f"{path}: a PNG label map holds class ids up to 65535, got {top}")
+    if top > 255:
+        Image.fromarray(ids.astype(np.uint16)).save(path, format="PNG")
+        return
+    picture = Image.fromarray(ids.astype(np.uint8), mode="P")
     colours = default_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
     picture.putpalette(colours[:256].reshape(-1).tolist())
     picture.save(path, format="PNG")
+
+
+def write_legend(folder: Path, stem: str, class_names: list[str], palette: np.ndarray) -> list[Path]:
+    """`{stem}classes.json` (id, name, colour per class) and `{stem}legend.png` in `folder`.
+
+    The JSON is what a pipeline reads to map ids to names; the PNG is for people.
+    """
+    import json
+
+    from PIL import Image, ImageDraw
+
+    colours = np.asarray(palette, dtype=np.uint8)
+    rgb = [tuple(int(c) for c in colours[index % len(colours)]) for index in range(len(class_names))]
+    classes = [
+        {"id": index, "name": name, "color": list(rgb[index])} for index, name in enumerate(class_names)
+    ]
+    json_path, png_path = folder / f"{stem}classes.json", folder / f"{stem}legend.png"
+    json_path.write_text(json.dumps({"classes": classes}, indent=2) + "\n")
+    row = 20
+    picture = Image.new("RGB", (260, row * max(1, len(classes)) + 8), "white")
+    draw = ImageDraw.Draw(picture)
+    for index, entry in enumerate(classes):
+        top = 4 + row * index
+        draw.rectangle((6, top, 6 + 28, top + row - 4), fill=rgb[index], outline="black")
+        draw.text((42, top + 2), f"{entry['id']}: {entry['name']}", fill="black")
+    picture.save(png_path, format="PNG")
+    return [json_path, png_path]
 
 
 def save_rgb(image: np.ndarray, path: Path) -> None:
@@ -231,7 +273,12 @@ def open_camera(index: int, color: str | None = None) -> FrameSource:
 
 
 class VideoWriter:
-    """H.264 (PyAV) or mp4v (OpenCV) video from RGB frames; odd sizes are padded to even (4:2:0)."""
+    """H.264 (PyAV) or mp4v (OpenCV) video from RGB frames; odd sizes are padded to even (4:2:0).
+
+    For eyes only: 4:2:0 chroma and lossy coding blend class colours at every edge (one
+    decoded frame of a 7-class mask held thousands of distinct colours). Exact class ids
+    come from `IdsVideoWriter` or PNG label maps.
+    """
 
     def __init__(self, path: Path, fps: float, container_format: str) -> None:
         self._library = video_library()
@@ -283,4 +330,42 @@ class VideoWriter:
         else:
             self._writer.release()
             os.replace(self._opencv_path, self._path)
+        self._writer = None
+
+
+class IdsVideoWriter:
+    """Class ids losslessly as FFV1 in Matroska (PyAV's wheels carry the encoder).
+
+    One gray plane per frame, 8-bit up to 256 classes and 16-bit past that; decoding a
+    frame (`frame.to_ndarray()`) gives the ids back exactly.
+    """
+
+    def __init__(self, path: Path, fps: float, num_classes: int) -> None:
+        if importlib.util.find_spec("av") is None:
+            raise UnavailableError(f"a lossless mask video needs PyAV; {VIDEO_EXTRA}")
+        self._path, self._fps = path, fps
+        self._format = "gray" if num_classes <= 256 else "gray16le"
+        self._dtype = np.uint8 if num_classes <= 256 else np.uint16
+        self._writer: Any = None
+        self._stream: Any = None
+
+    def write(self, mask: np.ndarray) -> None:
+        import av
+
+        if self._writer is None:
+            self._writer = av.open(str(self._path), mode="w", format="matroska")
+            self._stream = self._writer.add_stream("ffv1", rate=Fraction(self._fps).limit_denominator(1001))
+            self._stream.height, self._stream.width = np.shape(mask)
+            self._stream.pix_fmt = self._format
+        ids: Any = np.ascontiguousarray(mask, dtype=self._dtype)  # uint8 or uint16, as the format says
+        frame = av.VideoFrame.from_ndarray(ids, format=self._format)
+        for packet in self._stream.encode(frame):
+            self._writer.mux(packet)
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        for packet in self._stream.encode():
+            self._writer.mux(packet)
+        self._writer.close()
         self._writer = None

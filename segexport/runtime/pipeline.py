@@ -1,7 +1,12 @@
 """What `segexport run` does: a `Segmenter` over an image, a folder, a video or a camera, into files.
 
-Outputs appear whole or not at all: image masks are written into a hidden staging
-directory that is renamed into place at the end, videos into a temp file that is renamed.
+`outputs.plan_run` decides (before the model loads) what is written; this module writes it.
+Every output is for a pipeline as well as for eyes: masks are PNG label maps (exact class
+ids), video frames' ids go to numbered PNGs or a lossless FFV1 video (`--save-ids`), and
+`classes.json` + `legend.png` map ids to names and colours.
+
+Outputs appear whole or not at all: folders are written into a hidden staging directory
+that is renamed into place at the end, files into a temp file that is renamed.
 """
 
 from __future__ import annotations
@@ -16,20 +21,24 @@ import numpy as np
 
 from segexport.errors import DamagedInputError, SegexportError
 from segexport.runtime.media import (
-    IMAGE_SUFFIXES,
     VIDEO_FORMATS,
     FrameSource,
+    IdsVideoWriter,
     VideoWriter,
     list_images,
     open_camera,
     open_video,
     save_mask_png,
     save_rgb,
+    write_legend,
 )
-from segexport.runtime.outputs import check_output, staged_output, write_output_file
+from segexport.runtime.outputs import staged_output, write_output_file
 from segexport.runtime.preprocessing import read_rgb
+from segexport.runtime.run_outputs import RunPlan, input_kind, plan_run
 from segexport.runtime.segmenter import Segmenter
 from segexport.runtime.stream import StageTimes, StreamItem
+
+__all__ = ["RunPlan", "RunSummary", "input_kind", "plan_run", "run_media"]
 
 # done, total (None: unknown), frames per second so far
 Progress = Callable[[int, "int | None", float], None]
@@ -72,27 +81,6 @@ class RunSummary:
         )
 
 
-def input_kind(source: str) -> str:
-    """image, folder, video or camera (a bare number of ASCII digits is a camera index)."""
-    if source.isascii() and source.isdigit():
-        return "camera"
-    path = Path(source)
-    if path.is_dir():
-        return "folder"
-    if not path.exists():
-        raise SegexportError(f"{source}: no such file, folder or camera index")
-    if not path.is_file():
-        raise SegexportError(f"{source}: not a regular file (a FIFO, device or socket); refusing to read it")
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
-    if suffix in VIDEO_FORMATS:
-        return "video"
-    raise SegexportError(
-        f"{source}: not an image ({', '.join(IMAGE_SUFFIXES)}) or video ({', '.join(VIDEO_FORMATS)})"
-    )
-
-
 class _Clock:
     def __init__(self, total: int | None, progress: Progress | None) -> None:
         self.total, self.progress, self.done, self.lost = total, progress, 0, 0
@@ -113,56 +101,28 @@ class _Clock:
         return time.perf_counter() - self.started
 
 
-def check_run_output(source: str, output: Path, force: bool, artifacts: Path | None = None) -> str:
-    """The output policy for `run` (before the model loads): returns the input's kind."""
-    kind = input_kind(source)
-    reads = [artifacts, None if kind == "camera" else Path(source)]
-    check_output(output, force, directory=kind in ("image", "folder"), reads=reads)
-    return kind
-
-
 def run_media(
     segmenter: Segmenter,
-    source: str,
-    output: Path,
-    overlay: bool = False,
-    force: bool = False,
+    plan: RunPlan,
     batch: int = 1,
     color: str | None = None,
     progress: Progress | None = None,
     alpha: float = 0.5,
-    artifacts: Path | None = None,
     allow_damaged: bool = False,
 ) -> RunSummary:
-    """Segment `source` into `output`: a folder of palette PNG masks (and overlays) for images,
-    a colourised mask video or an overlay video for videos and cameras. `artifacts`, the
-    directory the segmenter came from, is protected like the input. A video that loses frames
-    (decode errors, fewer frames than its container promised) is refused with
-    DamagedInputError unless `allow_damaged`; the count is in the summary either way."""
-    kind = check_run_output(source, output, force, artifacts)
-    reads = [artifacts, None if kind == "camera" else Path(source)]
-    if kind in ("image", "folder"):
-        paths = [Path(source)] if kind == "image" else list_images(Path(source))
-        clock = _write_images(segmenter, paths, output, overlay, force, batch, progress, alpha, reads)
+    """Segment the plan's input into its outputs (see `run_outputs.plan_run`, which has already
+    applied the output policy). A video that loses frames (decode errors, fewer frames than its
+    container promised) is refused with DamagedInputError unless `allow_damaged`; the count is
+    in the summary either way."""
+    if plan.kind in ("image", "folder"):
+        paths = [Path(plan.source)] if plan.kind == "image" else list_images(Path(plan.source))
+        clock = _write_images(segmenter, paths, plan, batch, progress, alpha)
     else:
-        clock = _write_video(
-            segmenter,
-            source,
-            kind,
-            output,
-            overlay,
-            force,
-            batch,
-            color,
-            progress,
-            alpha,
-            reads,
-            allow_damaged,
-        )
+        clock = _write_video(segmenter, plan, batch, color, progress, alpha, allow_damaged)
     return RunSummary(
-        source,
-        kind,
-        str(output),
+        plan.source,
+        plan.kind,
+        str(plan.output),
         clock.done,
         round(clock.elapsed, 3),
         segmenter.backend,
@@ -173,63 +133,99 @@ def run_media(
     )
 
 
+def class_names(segmenter: Segmenter) -> list[str]:
+    """The artifact's class names, or class_0.. when it records none."""
+    names = list(segmenter.class_names)
+    return names if names else [f"class_{index}" for index in range(max(1, segmenter.num_classes))]
+
+
+def _legend(segmenter: Segmenter, folder: Path, stem: str) -> None:
+    write_legend(folder, stem, class_names(segmenter), segmenter.palette)
+
+
 def _write_images(
     segmenter: Segmenter,
     paths: list[Path],
-    output: Path,
-    overlay: bool,
-    force: bool,
+    plan: RunPlan,
     batch: int,
     progress: Progress | None,
     alpha: float,
-    reads: list[Path | None],
 ) -> _Clock:
     names = [f"{path.stem}.png" for path in paths]
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
         raise SegexportError(f"images share a name and would write the same mask: {', '.join(clashes[:5])}")
     clock = _Clock(len(paths), progress)
-    with staged_output(output, force, "run", reads) as staging:
+    if plan.target == "file":  # one image into the named .png
+        mask = segmenter(paths[0])
+        write_output_file(
+            plan.output, lambda temp: save_mask_png(mask, temp, segmenter.palette), plan.force, plan.reads
+        )
+        _legend(segmenter, plan.legend_folder, plan.legend_stem)
+        clock.tick()
+        return clock
+    with staged_output(plan.output, plan.force, "run", plan.reads) as staging:
         (staging / "masks").mkdir()
-        if overlay:
+        if plan.overlay:
             (staging / "overlays").mkdir()
+        _legend(segmenter, staging, "")
         with segmenter.stream((read_rgb(path) for path in paths), batch=batch, color="rgb") as stream:
             clock.stages = stream.times
             for item in stream:
                 started = time.perf_counter()
                 save_mask_png(item.mask, staging / "masks" / names[item.number], segmenter.palette)
-                if overlay:
+                if plan.overlay:
                     save_rgb(item.mask.overlay(item.frame, alpha), staging / "overlays" / names[item.number])
                 clock.encoded(started)
                 clock.tick()
     return clock
 
 
+class _IdsSink:
+    """Where a video's exact class ids go: numbered PNG label maps, or an FFV1 video."""
+
+    def __init__(self, segmenter: Segmenter, plan: RunPlan, fps: float) -> None:
+        self._segmenter, self._plan, self._fps = segmenter, plan, fps
+        self._video: IdsVideoWriter | None = None
+        self._folder: Path | None = None
+
+    def write_into(self, place: Path) -> None:
+        """Start writing into `place` (a staging folder or a temp file)."""
+        if self._plan.ids_format == "ffv1":
+            self._video = IdsVideoWriter(place, self._fps, self._segmenter.num_classes)
+        else:
+            self._folder = place
+            _legend(self._segmenter, place, "")
+
+    def write(self, number: int, mask: np.ndarray) -> None:
+        if self._video is not None:
+            self._video.write(mask)
+        elif self._folder is not None:
+            save_mask_png(mask, self._folder / f"frame_{number:06d}.png", self._segmenter.palette)
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+
+
 def _write_video(
     segmenter: Segmenter,
-    source: str,
-    kind: str,
-    output: Path,
-    overlay: bool,
-    force: bool,
+    plan: RunPlan,
     batch: int,
     color: str | None,
     progress: Progress | None,
     alpha: float,
-    reads: list[Path | None],
     allow_damaged: bool = False,
 ) -> _Clock:
-    container_format = VIDEO_FORMATS.get(output.suffix.lower())
-    if container_format is None:
-        raise SegexportError(f"{output}: a video output needs one of the suffixes {', '.join(VIDEO_FORMATS)}")
-    if not output.parent.is_dir():
-        raise SegexportError(f"{output.parent}: no such folder for the output")
+    container_format = VIDEO_FORMATS[plan.output.suffix.lower()]
+    kind, source = plan.kind, plan.source
     frames: FrameSource = open_camera(int(source), color) if kind == "camera" else open_video(Path(source))
     order = frames.color  # decoders know their order; `color` overrides a camera's only
     clock = _Clock(frames.count, progress)
+    ids = _IdsSink(segmenter, plan, frames.fps) if plan.ids is not None else None
 
     def picture(item: StreamItem) -> np.ndarray:
-        if not overlay:
+        if not plan.overlay:
             return item.mask.colorize()
         rgb = item.frame[..., ::-1] if order == "bgr" else item.frame
         return item.mask.overlay(rgb, alpha)
@@ -243,12 +239,16 @@ def _write_video(
                     started = time.perf_counter()
                     writer.write(picture(item))
                     clock.encoded(started)
+                    if ids is not None:
+                        ids.write(item.number, item.mask)
                     clock.tick()
         except KeyboardInterrupt:
             if kind != "camera":
                 raise  # a camera runs until stopped; a file stopped half-way is not an output
         finally:
             writer.close()
+            if ids is not None:
+                ids.close()
         if clock.done == 0:
             raise SegexportError(f"{source}: no frames could be read")
         clock.lost = frames.damage.lost(frames.count, clock.done) if kind == "video" else 0
@@ -259,7 +259,19 @@ def _write_video(
                 "no output written (pass --allow-damaged to keep the frames that decoded)"
             )
 
-    write_output_file(output, write, force, reads)
+    def write_ids_and_video(ids_place: Path) -> None:
+        assert ids is not None
+        ids.write_into(ids_place)
+        write_output_file(plan.output, write, plan.force, plan.reads)
+
+    if ids is None or plan.ids is None:
+        write_output_file(plan.output, write, plan.force, plan.reads)
+    elif plan.ids_format == "ffv1":  # the colour video is renamed into place first, then the ids
+        write_output_file(plan.ids, write_ids_and_video, plan.force, plan.reads)
+    else:
+        with staged_output(plan.ids, plan.force, "run --save-ids", plan.reads) as staging:
+            write_ids_and_video(staging)
+    _legend(segmenter, plan.legend_folder, plan.legend_stem)
     return clock
 
 

@@ -220,6 +220,10 @@ class Segmenter:
     def max_batch(self) -> int:
         return self.rule.batch[1]
 
+    def summary(self) -> str:
+        """One line: the backend and file that run, and why better ones were not taken."""
+        return f"{self.selection.summary()}; resize={self.resize}"
+
     def describe(self) -> str:
         """What runs (backend, file, precision, geometry) and why better backends were not taken."""
         model = self.manifest.get("model", {}).get("name", "model")
