@@ -210,38 +210,29 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path, graph_sha256: str) -> Calibration:
-        """A cache written by `save`, every field typed (bounded JSON, finite ranges with
-        low <= high). A bad cache is one line; nothing recalibrates unless the user asks."""
-        redo = "; delete it (or drop --calib-cache) to recalibrate"
+        """A cache `save` wrote, every field typed; a bad one is one line, never a silent recalibration."""
         check = Fields(path)
         try:
             data = check.mapping(read_json(path, "calibration cache"), "(top level)")
             found = check.string(data.get("graph_sha256"), "graph_sha256")
-            if found != graph_sha256:
-                raise SegexportError(
-                    f"{path}: calibration cache is for another graph (sha256 {found[:12]}..., "
-                    f"this model.onnx is {graph_sha256[:12]}...); recalibrate without --calib-cache"
-                )
-            method = check.string(data.get("method"), "method")
-            images = check.integer(data.get("images"), "images")
+            method, images = (
+                check.string(data.get("method"), "method"),
+                check.integer(data.get("images"), "images"),
+            )
             percentile = data.get("percentile")
-            if percentile is not None:
-                percentile = check.number(percentile, "percentile", positive=True)
-            ranges: dict[str, tuple[float, float]] = {}
+            percentile = None if percentile is None else check.number(percentile, "percentile", positive=True)
             listed = check.mapping(data.get("ranges"), "ranges")
-            if not listed:
+            ranges = {name: check.interval(pair, f"ranges.{name}") for name, pair in listed.items()}
+            if not ranges:
                 raise check.fail("ranges", "is empty")
-            for name, pair in listed.items():
-                low, high = (
-                    check.number(v, f"ranges.{name}") for v in check.listing(pair, f"ranges.{name}", 2)
-                )
-                if low > high:
-                    raise check.fail(f"ranges.{name}", f"is an empty range {low}..{high}")
-                ranges[name] = (low, high)
         except SegexportError as error:
-            if "another graph" in str(error):
-                raise
-            raise SegexportError(f"{error}: not a usable calibration cache{redo}") from None
+            redo = "delete it (or drop --calib-cache) to recalibrate"
+            raise SegexportError(f"{error}: not a usable calibration cache; {redo}") from None
+        if found != graph_sha256:
+            raise SegexportError(
+                f"{path}: calibration cache is for another graph (sha256 {found[:12]}..., "
+                f"this model.onnx is {graph_sha256[:12]}...); recalibrate without --calib-cache"
+            )
         return cls(method, ranges, graph_sha256, images, percentile)
 
 
