@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from segexport.calibration import Calibration
 from segexport.errors import SegexportError
-from segexport.runtime.jsonfile import Fields, read_json
 
 # Ops that overflow or lose too much in FP16 (platform notes): normalisation statistics,
 # softmax over attention scores, exponentials and roots.
@@ -186,54 +185,6 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
 
 
 # --------------------------------------------------------------------------- INT8
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Activation ranges keyed by tensor name, tied to the FP32 graph they came from."""
-
-    method: str
-    ranges: dict[str, tuple[float, float]]
-    graph_sha256: str
-    images: int
-    percentile: float | None = None
-
-    def save(self, path: Path) -> None:
-        data = {
-            "graph_sha256": self.graph_sha256,
-            "method": self.method,
-            "percentile": self.percentile,
-            "images": self.images,
-            "ranges": {name: [low, high] for name, (low, high) in sorted(self.ranges.items())},
-        }
-        path.write_text(json.dumps(data, indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: Path, graph_sha256: str) -> Calibration:
-        """A cache `save` wrote, every field typed; a bad one is one line, never a silent recalibration."""
-        check = Fields(path)
-        try:
-            data = check.mapping(read_json(path, "calibration cache"), "(top level)")
-            found = check.string(data.get("graph_sha256"), "graph_sha256")
-            method, images = (
-                check.string(data.get("method"), "method"),
-                check.integer(data.get("images"), "images"),
-            )
-            percentile = data.get("percentile")
-            percentile = None if percentile is None else check.number(percentile, "percentile", positive=True)
-            listed = check.mapping(data.get("ranges"), "ranges")
-            ranges = {name: check.interval(pair, f"ranges.{name}") for name, pair in listed.items()}
-            if not ranges:
-                raise check.fail("ranges", "is empty")
-        except SegexportError as error:
-            redo = "delete it (or drop --calib-cache) to recalibrate"
-            raise SegexportError(f"{error}: not a usable calibration cache; {redo}") from None
-        if found != graph_sha256:
-            raise SegexportError(
-                f"{path}: calibration cache is for another graph (sha256 {found[:12]}..., "
-                f"this model.onnx is {graph_sha256[:12]}...); recalibrate without --calib-cache"
-            )
-        return cls(method, ranges, graph_sha256, images, percentile)
 
 
 def calibrate(
