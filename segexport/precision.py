@@ -12,16 +12,15 @@ deployments that stay on the CPU.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
+from segexport.calibration import Calibration
 from segexport.errors import SegexportError
 
 # The schemes (where Q/DQ goes, per target) live in int8_schemes; re-exported from their old home.
@@ -29,7 +28,6 @@ from segexport.int8_schemes import INT8_SCHEMES as INT8_SCHEMES
 from segexport.int8_schemes import QUANTIZED_OPS as QUANTIZED_OPS
 from segexport.int8_schemes import Int8Scheme as Int8Scheme
 from segexport.int8_schemes import int8_cpu_scheme as int8_cpu_scheme
-from segexport.runtime.jsonfile import Fields, read_json
 
 # Ops that overflow or lose too much in FP16 (platform notes): normalisation statistics,
 # softmax over attention scores, exponentials and roots.
@@ -151,63 +149,6 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
 
 
 # --------------------------------------------------------------------------- INT8
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Activation ranges keyed by tensor name, tied to the FP32 graph they came from."""
-
-    method: str
-    ranges: dict[str, tuple[float, float]]
-    graph_sha256: str
-    images: int
-    percentile: float | None = None
-
-    def save(self, path: Path) -> None:
-        data = {
-            "graph_sha256": self.graph_sha256,
-            "method": self.method,
-            "percentile": self.percentile,
-            "images": self.images,
-            "ranges": {name: [low, high] for name, (low, high) in sorted(self.ranges.items())},
-        }
-        path.write_text(json.dumps(data, indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: Path, graph_sha256: str) -> Calibration:
-        """A cache written by `save`, every field typed (bounded JSON, finite ranges with
-        low <= high). A bad cache is one line; nothing recalibrates unless the user asks."""
-        redo = "; delete it (or drop --calib-cache) to recalibrate"
-        check = Fields(path)
-        try:
-            data = check.mapping(read_json(path, "calibration cache"), "(top level)")
-            found = check.string(data.get("graph_sha256"), "graph_sha256")
-            if found != graph_sha256:
-                raise SegexportError(
-                    f"{path}: calibration cache is for another graph (sha256 {found[:12]}..., "
-                    f"this model.onnx is {graph_sha256[:12]}...); recalibrate without --calib-cache"
-                )
-            method = check.string(data.get("method"), "method")
-            images = check.integer(data.get("images"), "images")
-            percentile = data.get("percentile")
-            if percentile is not None:
-                percentile = check.number(percentile, "percentile", positive=True)
-            ranges: dict[str, tuple[float, float]] = {}
-            listed = check.mapping(data.get("ranges"), "ranges")
-            if not listed:
-                raise check.fail("ranges", "is empty")
-            for name, pair in listed.items():
-                low, high = (
-                    check.number(v, f"ranges.{name}") for v in check.listing(pair, f"ranges.{name}", 2)
-                )
-                if low > high:
-                    raise check.fail(f"ranges.{name}", f"is an empty range {low}..{high}")
-                ranges[name] = (low, high)
-        except SegexportError as error:
-            if "another graph" in str(error):
-                raise
-            raise SegexportError(f"{error}: not a usable calibration cache{redo}") from None
-        return cls(method, ranges, graph_sha256, images, percentile)
 
 
 def calibrate(

@@ -182,6 +182,8 @@ def load_cached(path: Path | None, key: str) -> list[LayerSensitivity] | None:
             )
             for i, e in enumerate(check.listing(entries, f"results.{key}"))
         ]
+    except SegexportError as error:  # one line already naming the file and field
+        raise SegexportError(f"{error}: not a segexport sensitivity cache; delete it to re-measure") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise SegexportError(f"{path}: not a segexport sensitivity cache ({error})") from error
 

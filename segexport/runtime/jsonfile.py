@@ -109,3 +109,10 @@ class Fields:
             self.number(v, f"{field}[{i}]", positive) for i, v in enumerate(self.listing(value, field, 3))
         )
         return a, b, c
+
+    def interval(self, value: Any, field: str) -> tuple[float, float]:
+        """[low, high]: two finite numbers with low <= high (an activation range)."""
+        low, high = (self.number(v, field) for v in self.listing(value, field, 2))
+        if low > high:
+            raise self.fail(field, f"is an empty range {low}..{high}")
+        return low, high
