@@ -273,7 +273,7 @@ def test_existing_outputs_are_not_overwritten(tmp_path: Path) -> None:
 def test_plot_without_the_bench_extra_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if segexport[bench] were not installed
     code, _, stderr = run("bench", "--model", "unet-small", "--plot", str(tmp_path / "bench.png"))
-    assert_one_line_error(code, stderr, "pip install 'segexport[bench]'")
+    assert_one_line_error(code, stderr, "pip install 'segexport[bench]'", exit_code=3)
     assert not (tmp_path / "bench.png").exists()
 
 
