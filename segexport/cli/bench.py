@@ -13,6 +13,7 @@ from segexport.cli.options import (
     data_option,
     force_option,
     json_option,
+    limit_option,
     model_option,
     size_option,
     threads_option,
@@ -60,14 +61,7 @@ from segexport.cli.options import (
 @click.option("--runs", type=POSITIVE, help="Timed runs per format, up to 100000 (instead of --seconds).")
 @click.option("--seconds", type=Float(min=0.0, min_open=True), help="Timed seconds per format [2].")
 @data_option("'synthetic' or a labelled folder.")
-@click.option(
-    "--limit",
-    "eval_images",
-    type=POSITIVE,
-    default=8,
-    show_default=True,
-    help="Images for mIoU/agreement, up to 10000.",
-)
+@limit_option("Images for mIoU/agreement, up to 10000.", 8)
 @click.option(
     "--max-seconds",
     type=Float(min=0.0, min_open=True),

@@ -12,6 +12,7 @@ from segexport.cli.options import (
     data_option,
     force_option,
     json_option,
+    limit_option,
     model_arg_option,
     model_option,
     size_option,
@@ -74,14 +75,7 @@ def _zoo_rows() -> list[dict[str, Any]]:
 @click.option(
     "--lr", type=Float(min=0.0, min_open=True), default=2e-3, show_default=True, help="Learning rate."
 )
-@click.option(
-    "--limit",
-    "eval_images",
-    type=POSITIVE,
-    default=16,
-    show_default=True,
-    help="Held-out images per evaluation.",
-)
+@limit_option("Held-out images per evaluation.", 16)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed.")
 @model_arg_option()
 @click.option("--fp32-storage", is_flag=True, help="Store float32 weights (default: float16).")
@@ -108,9 +102,7 @@ def train(as_json: bool, fp32_storage: bool, **params: Any) -> None:
 @model_option(required=True)
 @weights_option("Checkpoint path, or 'demo'.", required=True)
 @data_option("'synthetic' (eval split) or a folder with images/, masks/ and classes.txt.")
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=16, show_default=True, help="Synthetic images to evaluate."
-)
+@limit_option("Synthetic images to evaluate.", 16, dest="limit")
 @size_option("Synthetic image size (default: the checkpoint's training size).")
 @model_arg_option()
 @json_option()

@@ -65,6 +65,11 @@ def data_option(help: str) -> Decorator:
     return click.option("--data", default="synthetic", show_default=True, help=help)
 
 
+def limit_option(help: str, default: int, dest: str = "eval_images") -> Decorator:
+    """`--limit N`: how many images a command evaluates or checks (one spelling everywhere)."""
+    return click.option("--limit", dest, type=POSITIVE, default=default, show_default=True, help=help)
+
+
 def size_option(help: str, name: str = "--size", **extra: Any) -> Decorator:
     """An `HxW` option (`--size`, `--min-size`, ...), parsed to (height, width)."""
     return click.option(name, callback=size, help=help, **extra)

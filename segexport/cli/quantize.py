@@ -12,6 +12,7 @@ from segexport.cli.options import (
     artifacts_option,
     force_option,
     json_option,
+    limit_option,
     model_option,
     precision_flags,
     threads_option,
@@ -63,14 +64,7 @@ from segexport.cli.options import (
     show_default=True,
     help="INT8 argmax agreement with PyTorch FP32 below which sensitive layers stay float.",
 )
-@click.option(
-    "--limit",
-    "eval_images",
-    type=POSITIVE,
-    default=16,
-    show_default=True,
-    help="Held-out images for verification.",
-)
+@limit_option("Held-out images for verification.", 16)
 @force_option("Replace existing precision files.")
 @threads_option()
 @json_option()

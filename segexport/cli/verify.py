@@ -13,6 +13,7 @@ from segexport.cli.options import (
     artifacts_option,
     data_option,
     json_option,
+    limit_option,
     model_option,
     threads_option,
     weights_option,
@@ -32,7 +33,7 @@ from segexport.cli.options import (
     "recorded at export (reference.npz; what 'pytorch' means where PyTorch is not installed).",
 )
 @data_option("'synthetic', 'random', or a folder of images.")
-@click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True, help="Images to check.")
+@limit_option("Images to check.", 32, dest="limit")
 @click.option("--shapes", callback=shapes, help="Extra BxHxW random-input shapes, comma-separated.")
 @click.option(
     "--precision",
