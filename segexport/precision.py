@@ -11,18 +11,15 @@ deployments that stay on the CPU.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
+from segexport.calibration import Calibration, calibrate  # noqa: F401  (precision.calibrate: its old home)
 from segexport.errors import SegexportError
 
 # Ops that overflow or lose too much in FP16 (platform notes): normalisation statistics,
@@ -185,96 +182,6 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
 
 
 # --------------------------------------------------------------------------- INT8
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Activation ranges keyed by tensor name, tied to the FP32 graph they came from."""
-
-    method: str
-    ranges: dict[str, tuple[float, float]]
-    graph_sha256: str
-    images: int
-    percentile: float | None = None
-
-    def save(self, path: Path) -> None:
-        data = {
-            "graph_sha256": self.graph_sha256,
-            "method": self.method,
-            "percentile": self.percentile,
-            "images": self.images,
-            "ranges": {name: [low, high] for name, (low, high) in sorted(self.ranges.items())},
-        }
-        path.write_text(json.dumps(data, indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: Path, graph_sha256: str) -> Calibration:
-        try:
-            data = json.loads(path.read_text())
-            ranges = {name: (float(low), float(high)) for name, (low, high) in data["ranges"].items()}
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise SegexportError(f"{path}: not a segexport calibration cache ({error})") from error
-        if data.get("graph_sha256") != graph_sha256:
-            raise SegexportError(
-                f"{path}: calibration cache is for another graph "
-                f"(sha256 {str(data.get('graph_sha256'))[:12]}..., "
-                f"this model.onnx is {graph_sha256[:12]}...); recalibrate without --calib-cache"
-            )
-        return cls(data["method"], ranges, graph_sha256, int(data["images"]), data.get("percentile"))
-
-
-def calibrate(
-    model_path: Path,
-    batches: Iterable[dict[str, np.ndarray]],
-    method: str,
-    graph_sha256: str,
-    workdir: Path,
-    percentile: float = 99.99,
-) -> Calibration:
-    """Collect activation ranges with ONNX Runtime's calibrators (minmax/entropy/percentile)."""
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    if method not in methods:
-        raise SegexportError(f"--method {method!r}: use one of {', '.join(methods)}")
-    feeds = list(batches)
-    if not feeds:
-        raise SegexportError("the calibration set is empty")
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.pending = iter(feeds)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.pending, None)
-
-    extra: dict[str, object] = {"symmetric": True}
-    if method == "percentile":
-        extra["percentile"] = percentile
-    calibrator = create_calibrator(
-        model_path,
-        augmented_model_path=str(workdir / "augmented.onnx"),
-        calibrate_method=methods[method],
-        extra_options=extra,
-    )
-    with contextlib.redirect_stdout(sys.stderr):  # ORT's calibrators print; stdout is for --json
-        calibrator.collect_data(_Reader())
-        tensors = calibrator.compute_data()
-    ranges = {
-        name: (float(np.asarray(data.range_value[0]).min()), float(np.asarray(data.range_value[1]).max()))
-        for name, data in tensors.items()
-    }
-    return Calibration(
-        method,
-        ranges,
-        graph_sha256,
-        sum(len(f[next(iter(f))]) for f in feeds),
-        percentile if method == "percentile" else None,
-    )
 
 
 def output_producers(model: onnx.ModelProto) -> list[str]:
