@@ -86,8 +86,8 @@ def settle_stride(
     reasons = "; ".join(f"stride {r['stride']}: {r['failure']}" for r in rejected[-1:])
     raise SegexportError(
         f"the exported ONNX does not hold at sizes off a multiple of any stride that divides "
-        f"{size[0]}x{size[1]} ({reasons}); export at a size that is a multiple of a larger stride "
-        "or pass stride= (--stride)"
+        f"{size[0]}x{size[1]} ({reasons}); export at a larger size (the trace fixes any inner axis "
+        "that is 1 at the export size) or a multiple of a larger stride, or pass stride= (--stride)"
     )
 
 
