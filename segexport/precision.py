@@ -11,16 +11,13 @@ deployments that stay on the CPU.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto
 
-from segexport.calibration import Calibration
+from segexport.calibration import Calibration, calibrate  # noqa: F401  (precision.calibrate: its old home)
 from segexport.errors import SegexportError
 
 # The schemes (where Q/DQ goes, per target) live in int8_schemes; re-exported from their old home.
@@ -149,60 +146,6 @@ def remove_cast_round_trips(model: onnx.ModelProto) -> int:
 
 
 # --------------------------------------------------------------------------- INT8
-
-
-def calibrate(
-    model_path: Path,
-    batches: Iterable[dict[str, np.ndarray]],
-    method: str,
-    graph_sha256: str,
-    workdir: Path,
-    percentile: float = 99.99,
-) -> Calibration:
-    """Collect activation ranges with ONNX Runtime's calibrators (minmax/entropy/percentile)."""
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    if method not in methods:
-        raise SegexportError(f"--method {method!r}: use one of {', '.join(methods)}")
-    feeds = list(batches)
-    if not feeds:
-        raise SegexportError("the calibration set is empty")
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.pending = iter(feeds)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.pending, None)
-
-    extra: dict[str, object] = {"symmetric": True}
-    if method == "percentile":
-        extra["percentile"] = percentile
-    calibrator = create_calibrator(
-        model_path,
-        augmented_model_path=str(workdir / "augmented.onnx"),
-        calibrate_method=methods[method],
-        extra_options=extra,
-    )
-    with contextlib.redirect_stdout(sys.stderr):  # ORT's calibrators print; stdout is for --json
-        calibrator.collect_data(_Reader())
-        tensors = calibrator.compute_data()
-    ranges = {
-        name: (float(np.asarray(data.range_value[0]).min()), float(np.asarray(data.range_value[1]).max()))
-        for name, data in tensors.items()
-    }
-    return Calibration(
-        method,
-        ranges,
-        graph_sha256,
-        sum(len(f[next(iter(f))]) for f in feeds),
-        percentile if method == "percentile" else None,
-    )
 
 
 def output_producers(model: onnx.ModelProto) -> list[str]:

@@ -283,6 +283,13 @@ def _calibration(
         calibration = precision.calibrate(
             fp32_path, batches, request.method, graph_sha, workdir, request.percentile
         )
+    narrow = calibration.minmax_fallback
+    if narrow:
+        say(
+            f"      {len(narrow)} tensors span too narrow a range for {request.method}'s histogram "
+            f"and took their min/max range: {', '.join(narrow[:3])}{', ...' if len(narrow) > 3 else ''} "
+            "(manifest: calibration.minmax_fallback)"
+        )
     calibration.save(workdir / CALIBRATION_FILE)
     if request.calib_cache is not None and not os.path.lexists(request.calib_cache):
         atomic_write(request.calib_cache, calibration.save)
@@ -368,6 +375,7 @@ def _int8(
             "images": calibration.images,
             "method": calibration.method,
             "percentile": calibration.percentile,
+            "minmax_fallback": list(calibration.minmax_fallback),
             "cache": CALIBRATION_FILE,
         },
         "kept_float": sorted(

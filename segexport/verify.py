@@ -48,6 +48,8 @@ from segexport.zoo.registry import ModelSpec
 # --------------------------------------------------------------------------- the verify stage
 
 AGAINST = ("pytorch", "onnx")
+# A `--from-onnx` artifact has no PyTorch model: its FP32 ONNX is the reference of every stage.
+ADOPTED_REFERENCE = "the reference itself (an adopted --from-onnx artifact: its FP32 ONNX is the reference)"
 PROGRESS_EVERY = 16  # images between progress lines
 _BATCH_VALUES = 1 << 25  # output values per batch: bounds memory at large sizes/class counts
 
@@ -177,8 +179,11 @@ def _open_candidates(
     for result in selected:
         if result.status == "skipped":
             continue
-        if request.against == "onnx" and result.file == FP32_ONNX:
+        if result.file == FP32_ONNX and request.against == "onnx":
             result.status, result.reason = "skipped", "the reference itself (--against onnx)"
+            continue
+        if result.file == FP32_ONNX and source_kind(manifest) == "onnx":
+            result.status, result.reason = "skipped", ADOPTED_REFERENCE
             continue
         runners[result.file] = open_runner(directory, result.file, manifest, request.threads)
         result.runner = runners[result.file].name

@@ -130,6 +130,11 @@ def test_a_foreign_onnx_is_adopted_quantized_and_run(tmp_path: Path) -> None:
     assert code == 0, err
     with Segmenter.load(out, precision="int8") as segmenter:
         assert np.asarray(segmenter(np.zeros((33, 47, 3), np.uint8), color="rgb")).shape == (33, 47)
+    # its FP32 ONNX is the reference: verify skips it as --against onnx does, and says so
+    report = verify_artifacts(VerifyRequest(artifacts=out, data="random", limit=1))
+    status = {a.file: (a.status, a.reason) for a in report.artifacts}
+    assert status["model.onnx"][0] == "skipped" and "--from-onnx" in str(status["model.onnx"][1])
+    assert status["model.int8-cpu.onnx"][0] == "passed" and report.passed
 
 
 # ------------------------------------------------------------------ bad input: one line, nothing written

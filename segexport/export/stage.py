@@ -23,6 +23,7 @@ from segexport.errors import VerificationError
 from segexport.export.graph import MASK_OUTPUT, add_mask_head, declared_shapes, simplify
 from segexport.export.plan import ExportPlan, ExportRequest, plan_export
 from segexport.export.recording import record_reference, with_head
+from segexport.export.stride import settle_stride
 from segexport.export.trace import trace_to_onnx
 from segexport.importers import Preprocessing, build_imported
 from segexport.reference import TorchRunner, verify_runners
@@ -105,6 +106,8 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
         proto = add_mask_head(proto, logits, request.head, request.mask_dtype)
         model_path = staging / MODEL_FILE
         onnx.save(proto, str(model_path))
+        plan = settle_stride(request, plan, model, model_path, say)
+        spec = plan.spec
         say(f"[4/4] verifying against PyTorch at {len(plan.verify_shapes)} shapes")
         verified_at = time.perf_counter()
         head = _head_record(request, spec)

@@ -86,11 +86,13 @@ class Probe:
     choice: OutputChoice
     stride: int
     candidates: tuple[str, ...]  # every output seen, `selector [shape]`
+    stride_from: str = "probe"  # or "given"; the export then checks it on the ONNX
 
     def record(self) -> dict[str, Any]:
         return {
             "num_classes": self.num_classes,
             "stride": self.stride,
+            "stride_from": self.stride_from,
             "output": self.choice.record(),
             "outputs_seen": list(self.candidates),
         }
@@ -199,7 +201,8 @@ def probe_module(
     found = _probe_stride(model, choice, size) if stride is None else stride
     if height % found or width % found:
         raise SegexportError(f"size {height}x{width} is not a multiple of the stride {found}")
-    return Probe(int(scores.shape[1]), choice, found, _describe(candidates))
+    origin = "probe" if stride is None else "given"
+    return Probe(int(scores.shape[1]), choice, found, _describe(candidates), origin)
 
 
 def _probe_stride(model: nn.Module, choice: OutputChoice, size: tuple[int, int]) -> int:
