@@ -78,7 +78,7 @@ def test_manifest_records_what_users_need(small_artifact: Path) -> None:
     assert manifest["size_rule"] == {"divisible_by": 16}
     assert manifest["onnx"]["opset"] == 18
     assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime", "onnxsim"}
-    assert set(manifest["files"]) == {"model.onnx"}
+    assert set(manifest["files"]) == {"model.onnx", "reference.npz"}
     assert len(manifest["files"]["model.onnx"]["sha256"]) == 64
     assert manifest["verification"]["fp32"]["passed"] is True
 

@@ -111,7 +111,7 @@ def test_no_stage_vouches_a_tampered_or_unlisted_model(artifact: Path, small_wei
     # the stage wrote becomes vouched: the planted model stays unlisted.
     quantize_artifact(QuantizeRequest(artifacts=artifact, fp16=True, int8=True, force=True, **fast))
     files = read_manifest(artifact)["files"]
-    assert set(files) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "calib.json"}
+    assert set(files) == {"model.onnx", "reference.npz", "model.fp16.onnx", "model.int8.onnx", "calib.json"}
     for name in files:
         vouched_bytes(artifact, name)  # all match what is on disk now
     assert not (artifact / "model.fp16.onnx").read_bytes().endswith(b"\0evil")  # rewritten, not carried
@@ -123,7 +123,7 @@ def test_no_stage_vouches_a_tampered_or_unlisted_model(artifact: Path, small_wei
     export_onnx(
         ExportRequest("unet-small", size=(64, 64), weights=small_weights, out_dir=artifact, force=True)
     )
-    assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "model.onnx", "reference.npz"]
 
 
 def test_report_files_are_not_vouched(artifact: Path) -> None:
@@ -132,7 +132,7 @@ def test_report_files_are_not_vouched(artifact: Path) -> None:
 
     (artifact / "verify_report.md").write_text("# report")
     record_engine(artifact, read_manifest(artifact), "model.fp16.engine", b"plan", {"precision": "fp16"})
-    assert set(read_manifest(artifact)["files"]) == {"model.onnx", "model.fp16.engine"}
+    assert set(read_manifest(artifact)["files"]) == {"model.onnx", "reference.npz", "model.fp16.engine"}
 
 
 def test_a_file_changed_while_a_stage_ran_is_not_carried_forward(artifact: Path) -> None:

@@ -177,7 +177,7 @@ def test_a_hand_edited_palette_is_one_line(
 
 
 @pytest.mark.parametrize(("option", "value"), [("--runs", "1000000000"), ("--warmup", "1000000000"),
-                                               ("--eval-images", "1000000000")])  # fmt: skip
+                                               ("--limit", "1000000000")])  # fmt: skip
 def test_bench_counts_are_bounded(small_artifact: Path, option: str, value: str) -> None:
     code, _, stderr = run("bench", "--artifacts", str(small_artifact), option, value)
     assert_one_line_error(code, stderr, f"{option} must be")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -127,6 +128,11 @@ def run(
         summary = run_media(
             segmenter, plan, batch, color, progress=_frame_progress, allow_damaged=allow_damaged
         )
+    _report(summary, source, as_json)
+
+
+def _report(summary: Any, source: str, as_json: bool) -> None:
+    """The closing lines: a lost-frames warning, then the summary (or its JSON)."""
     click.echo("", err=True)
     if summary.lost_frames:
         click.echo(
@@ -134,12 +140,12 @@ def run(
         )
     if as_json:
         echo_json({"ok": True, **summary.to_dict()})
-    else:
-        click.echo(
-            f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps) on "
-            f"{summary.backend} {summary.precision}; wrote {summary.output}"
-        )
-        click.echo(summary.stages_line())
+        return
+    click.echo(
+        f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps) on "
+        f"{summary.backend} {summary.precision}; wrote {summary.output}"
+    )
+    click.echo(summary.stages_line())
 
 
 def _frame_progress(done: int, total: int | None, fps: float) -> None:

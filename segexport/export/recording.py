@@ -18,13 +18,12 @@ import numpy as np
 from segexport.data import evaluation_images
 from segexport.errors import SegexportError
 from segexport.export.graph import MASK_OUTPUT, MASK_TYPES
-from segexport.reference import TorchRunner, data_size, reference_model
+from segexport.reference import TorchRunner, data_size, reference_model, spec_for
 from segexport.runtime import Runner, preprocess_for, resize
 from segexport.runtime.artifacts import begin_stage, read_manifest, record_files
 from segexport.runtime.files import REFERENCE_FILE
 from segexport.runtime.recorded import MAX_REFERENCE_BYTES, RecordedReference, RecordedSet, write_reference
 from segexport.shapes import InputShape, parse_shape
-from segexport.zoo.registry import get_spec
 
 Progress = Callable[[str], None]
 REFERENCE_IMAGES = 8  # eval-split pictures recorded (the engine check's and verify's images)
@@ -80,7 +79,7 @@ def record_reference(
         raise SegexportError(f"the reference gives {runner.output_names}, the artifact declares {outputs}")
     prep = manifest["preprocessing"]
     classes = list(manifest["model"]["class_names"])
-    spec = get_spec(manifest["model"]["name"])
+    spec = spec_for(manifest)
     labels = [name for name in outputs if name in spec.logits_outputs]
     reference = RecordedReference(manifest["model"]["name"], classes, prep, outputs, labels)
     size = data_size(manifest)
@@ -131,7 +130,7 @@ def add_reference(directory: Path, weights: str | None, force: bool, say: Progre
             f"{directory}: {manifest['model']['name']} takes no images; no reference to record"
         )
     begin_stage(directory, manifest, [REFERENCE_FILE], "reference.npz is written there")
-    spec = get_spec(manifest["model"]["name"])
+    spec = spec_for(manifest)
     runner = with_head(TorchRunner(reference_model(manifest, weights), spec.output_names), manifest["head"])
     say(f"recording PyTorch's outputs into {directory / REFERENCE_FILE}")
     reference = record_reference(runner, manifest, recorded_shapes(manifest), say)

@@ -123,8 +123,8 @@ class ICudaEngine:
         self._shape_cache: dict[tuple[Any, ...], dict[str, Dims]] = {}
         self._model = model
 
-    def create_engine_inspector(self) -> IEngineInspector:
-        return IEngineInspector(self._model)
+    def create_engine_inspector(self) -> EngineInspector:
+        return EngineInspector(self._model)
 
     @property
     def num_io_tensors(self) -> int:
@@ -193,7 +193,7 @@ _FORMAT_TEXT = {
 }
 
 
-class IEngineInspector:
+class EngineInspector:
     """Each ONNX node is a 'layer'; its output's element type is the precision it runs in."""
 
     def __init__(self, model: bytes) -> None:
@@ -631,7 +631,7 @@ def module_attributes(version: str, executor: Any) -> dict[str, Any]:
         "INetworkDefinition": INetworkDefinition,
         "IOptimizationProfile": IOptimizationProfile,
         "IProgressMonitor": IProgressMonitor,
-        "IEngineInspector": IEngineInspector,
+        "EngineInspector": EngineInspector,
         "LayerInformationFormat": LayerInformationFormat,
         "ProfilingVerbosity": ProfilingVerbosity,
         "ITimingCache": ITimingCache,
