@@ -128,13 +128,16 @@ def test_not_run_blocks_say_why() -> None:
 
 
 def _scratch(folder: Path) -> None:
-    """What the tour's commands read: photos/ (street.png among them) and street.mp4."""
+    """What the tour's commands read: photos/ (street.png among them), street.mp4 and examples/."""
+    import shutil
+
     import av
     import numpy as np
     from PIL import Image
 
     from segexport.data import SyntheticScenes
 
+    shutil.copytree(ROOT / "examples", folder / "examples")  # docs/your-model.md exports examples/my_model.py
     (folder / "photos").mkdir()
     scenes = SyntheticScenes("eval", 12, (240, 320))
     for index in range(4):

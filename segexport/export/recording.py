@@ -66,6 +66,20 @@ def _run(runner: Runner, images: np.ndarray, preprocessing: dict[str, Any]) -> d
     return {name: np.concatenate([out[name] for out in per_image]) for name in runner.output_names}
 
 
+def _fitting_size(manifest: dict[str, Any], size: tuple[int, int], image_bytes: int) -> tuple[int, int]:
+    """`size`, or the largest size of the same aspect inside the artifact's range and size rule
+    whose outputs for one image stay under half the cap (large exports with many classes)."""
+    if image_bytes <= MAX_REFERENCE_BYTES // 2:
+        return size
+    scale = (MAX_REFERENCE_BYTES // 2 / image_bytes) ** 0.5
+    step = int(manifest.get("size_rule", {}).get("divisible_by", 1) or 1)
+    axes = manifest["dynamic_axes"]
+    low = (int(axes["height"][0]), int(axes["width"][0]))
+    return tuple(  # type: ignore[return-value]
+        max(lowest, int(side * scale) // step * step) for side, lowest in zip(size, low, strict=True)
+    )
+
+
 def _output_bytes(outputs: dict[str, np.ndarray]) -> int:
     return sum(int(value.nbytes) for value in outputs.values())
 
@@ -87,6 +101,13 @@ def record_reference(
     pictures = [data.items[i] for i in range(data.count)]
     images = np.stack([resize(picture, size) for picture, _ in pictures])
     first = _run(runner, images[:1], prep)
+    fitted = _fitting_size(manifest, size, _output_bytes(first))
+    if fitted != size:  # one image's scores alone would pass half the cap: record smaller ones
+        say(f"      reference: images recorded at {fitted[0]}x{fitted[1]} (at {size[0]}x{size[1]} "
+            f"one image's outputs are {_output_bytes(first) >> 20} MiB, over the cap)")  # fmt: skip
+        size = fitted
+        images = np.stack([resize(picture, size) for picture, _ in pictures])
+        first = _run(runner, images[:1], prep)
     count = max(1, min(len(images), MAX_REFERENCE_BYTES // 2 // max(_output_bytes(first), 1)))
     truth = None
     if data.labelled:
