@@ -49,10 +49,14 @@ INT8_SCHEMES = {
     # Runtime fuses DQ -> MatMul into MatMulIntegerToFloat, and the attention Softmax then reads
     # float (a quantized MatMul output made it a QLinearSoftmax, 17 % of segformer-b0's time).
     # ConvTranspose becomes Conv + DepthToSpace (no integer ConvTranspose kernel on the CPU), and
-    # the data-movement ops between integer ops take Q/DQ so that they move UINT8.
+    # the data-movement ops between integer ops take Q/DQ so that they move UINT8. Relu and Clip
+    # are listed so that the tooling folds them into the producer's Q (its QDQRemovableActivation:
+    # the Conv's output takes the activation's range); unlisted, each Conv -> Relu pair ran as
+    # Q -> DQ -> Relu -> Q, a requantisation per layer (unet-small 1.48x -> 1.76x FP32,
+    # deeplabv3plus 2.33x -> 2.68x, agreement 99.61 -> 99.71 % and 99.55 -> 99.71 %).
     "int8-cpu": Int8Scheme(
         True,
-        ("Conv", "MatMul", "Concat", "MaxPool", "Resize", "Transpose", "DepthToSpace"),
+        ("Conv", "MatMul", "Concat", "MaxPool", "Resize", "Transpose", "DepthToSpace", "Relu", "Clip"),
         "ONNX Runtime on x86 CPUs (asymmetric UINT8)",
         float_outputs=("MatMul",),
         depth_to_space=True,

@@ -288,6 +288,33 @@ def drop_unread_qdq(model: onnx.ModelProto) -> None:
         model.graph.initializer.remove(init)
 
 
+def restore_folded_activations(model: onnx.ModelProto, fp32: onnx.ModelProto) -> int:
+    """Put back the Relu/Clip nodes the quantizer folded into their producer's Q.
+
+    The tooling's QDQRemovableActivation drops an activation and lets the producer write its
+    output tensor: the Q's range does the clamping. A layer made float again that reads that
+    tensor before the Q would skip the activation, so the producer writes its own output again
+    and the FP32 activation runs between it and the Q (ONNX Runtime folds it again when it runs).
+    Returns how many were put back."""
+    present = {node.name for node in model.graph.node}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    restored = 0
+    for activation in fp32.graph.node:
+        if activation.op_type not in ("Relu", "Clip") or activation.name in present:
+            continue
+        writer = producer.get(activation.output[0])
+        if writer is None or writer.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        position = list(model.graph.node).index(writer)
+        writer.output[list(writer.output).index(activation.output[0])] = activation.input[0]
+        model.graph.node.insert(position + 1, activation)
+        held = {init.name for init in model.graph.initializer}
+        bounds = [i for i in fp32.graph.initializer if i.name in activation.input[1:] and i.name not in held]
+        model.graph.initializer.extend(bounds)  # Clip's min/max, if the quantizer dropped them
+        restored += 1
+    return restored
+
+
 def with_float_nodes(
     quantized: onnx.ModelProto, fp32: onnx.ModelProto, names: Iterable[str], float_activations: bool = True
 ) -> onnx.ModelProto:
@@ -299,6 +326,7 @@ def with_float_nodes(
     scheme. Without it they keep reading the Q/DQ'd tensor, as a kept-float layer does in the
     CPU scheme, whose neighbours quantize their outputs. Q/DQ pairs nobody reads are dropped."""
     model = onnx.ModelProto.FromString(quantized.SerializeToString())
+    restore_folded_activations(model, fp32)
     wanted = set(names)
     producer = {out: node for node in model.graph.node for out in node.output}
     initializers = {init.name for init in model.graph.initializer}

@@ -18,13 +18,16 @@ from segexport.errors import SegexportError
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
-def _chain() -> onnx.ModelProto:
-    """x -> conv1 -> relu -> conv2 -> conv3 (the classifier, float by rule) -> y."""
+def _chain(activation: str = "Relu") -> onnx.ModelProto:
+    """x -> conv1 -> relu (or Clip 0..6) -> conv2 -> conv3 (the classifier, float by rule) -> y."""
     rng = np.random.default_rng(0)
     weights = {f"w{i}": rng.normal(size=(4, 4, 3, 3)).astype(np.float32) for i in (1, 2, 3)}
+    bounds = ["low", "high"] if activation == "Clip" else []
+    if bounds:
+        weights.update(low=np.array(0.0, np.float32), high=np.array(6.0, np.float32))
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node(activation, ["a", *bounds], ["r"], name="relu"),
         helper.make_node("Conv", ["r", "w2"], ["b"], name="conv2", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["b", "w3"], ["y"], name="conv3", pads=[1, 1, 1, 1]),
     ]
@@ -48,9 +51,11 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {"x": x})[0])
 
 
+@pytest.mark.parametrize("activation", ["Relu", "Clip"])
 @pytest.mark.parametrize("scheme_name", ["int8", "int8-cpu"])
-def test_every_node_float_gives_the_fp32_graph_back(scheme_name: str) -> None:
-    fp32 = _chain()
+def test_every_node_float_gives_the_fp32_graph_back(scheme_name: str, activation: str) -> None:
+    """Also where the CPU scheme folded the activation into conv1's Q (it is put back)."""
+    fp32 = _chain(activation)
     int8 = _quantized(fp32, precision.INT8_SCHEMES[scheme_name])
     assert any(n.op_type in QDQ for n in int8.graph.node)
     names = [n.name for n in int8.graph.node if n.op_type not in QDQ]
@@ -59,6 +64,19 @@ def test_every_node_float_gives_the_fp32_graph_back(scheme_name: str) -> None:
     assert not any(n.op_type in QDQ for n in restored.graph.node)
     x = np.random.default_rng(1).normal(size=(1, 4, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(restored, x), _run(fp32, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["Relu", "Clip"])
+def test_the_cpu_scheme_folds_activations_into_the_producers_q(activation: str) -> None:
+    """No requantisation between a Conv and its Relu/Clip: conv1 writes the activation's tensor,
+    whose Q (range 0..6) clamps as the activation did; the TensorRT scheme leaves it in place."""
+    fp32 = _chain(activation)
+    cpu = _quantized(fp32, precision.INT8_SCHEMES["int8-cpu"])
+    assert activation not in {n.op_type for n in cpu.graph.node}
+    conv1 = next(n for n in cpu.graph.node if n.name == "conv1")
+    assert conv1.output[0] == "r"
+    trt = _quantized(fp32, precision.INT8_SCHEMES["int8"])
+    assert activation in {n.op_type for n in trt.graph.node}
 
 
 def test_a_kept_float_layer_reads_what_its_scheme_gives_it() -> None:
