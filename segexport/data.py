@@ -17,7 +17,7 @@ import numpy as np
 
 from segexport.errors import SegexportError
 from segexport.runtime.media import list_images
-from segexport.runtime.preprocessing import open_image, preprocess_for, read_rgb, resize
+from segexport.runtime.preprocessing import open_image, preprocess_for, random_input, read_rgb, resize
 
 IGNORE_INDEX = 255
 SYNTHETIC_CLASSES = ("background", "stripes", "checkers", "dots", "noise", "gradient", "rings")
@@ -260,7 +260,7 @@ def open_dataset(data: str, split: str, length: int, size: tuple[int, int]) -> L
 @dataclass(frozen=True)
 class EvalBatch:
     first: int  # index of the batch's first image
-    inputs: np.ndarray  # [B, 3, H, W] float32, preprocessed as the artifact records
+    inputs: np.ndarray  # what the graph takes ([B, 3, H, W] float32, or raw frames), as the artifact records
     truth: np.ndarray | None  # [B, H, W] labels, when the data has them
 
 
@@ -286,8 +286,7 @@ class EvaluationImages:
         for first in range(0, self.count, batch_size):
             indices = range(first, min(first + batch_size, self.count))
             if self.items is None:
-                shape = (len(indices), 3, *self.size)
-                yield EvalBatch(first, rng.normal(size=shape).astype(np.float32), None)
+                yield EvalBatch(first, random_input(preprocessing, len(indices), self.size, rng), None)
                 continue
             items = [self.items[i] for i in indices]
             pictures = [item[0] if isinstance(item, tuple) else item for item in items]

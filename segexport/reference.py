@@ -7,6 +7,7 @@ same seeded random inputs at several shapes, so a dynamic axis that only looks d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from segexport.runtime import Runner
 from segexport.runtime.artifacts import sha256_file
 from segexport.runtime.files import FP32_ONNX
 from segexport.runtime.judge import compare_on_feeds
+from segexport.runtime.preprocessing import input_format, normalise_for
 from segexport.runtime.runners import open_onnx_runner
 from segexport.shapes import InputShape
 from segexport.sources import OutputChoice, ScoresAdapter, build_from_factory, load_user_weights
@@ -44,6 +46,12 @@ def _unbuildable(**_options: Any) -> nn.Module:
 def spec_for(manifest: dict[str, Any]) -> ModelSpec:
     """What the stages need to know of the artifact's model: the zoo's entry, or (a user's
     module, an adopted ONNX) one made from the manifest alone."""
+    spec = _spec_without_format(manifest)
+    prep = manifest.get("preprocessing")
+    return spec if prep is None else dataclasses.replace(spec, input_format=input_format(prep))
+
+
+def _spec_without_format(manifest: dict[str, Any]) -> ModelSpec:
     if source_kind(manifest) not in FOREIGN_SOURCES:
         return get_spec(manifest["model"]["name"])
     axes = manifest["dynamic_axes"]
@@ -100,8 +108,10 @@ def reference_runner(
         choice = OutputChoice.from_record(manifest["source"]["probe"]["output"])
         runner = TorchRunner(ScoresAdapter(model, choice), spec.output_names, threads)
         runner.name = f"pytorch:{type(model).__name__}"
-        return runner
-    return TorchRunner(reference_model(manifest, weights), spec.output_names, threads)
+        return frames_reference(runner, manifest)
+    return frames_reference(
+        TorchRunner(reference_model(manifest, weights), spec.output_names, threads), manifest
+    )
 
 
 def _onnx_reference(manifest: dict[str, Any], directory: Path | None, threads: int | None) -> Runner:
@@ -176,6 +186,32 @@ def data_size(manifest: dict[str, Any]) -> tuple[int, int]:
         return int(height), int(width)
     _, height, width = (int(v) for v in manifest["export_shape"].split("x"))
     return height, width
+
+
+class FramesRunner:
+    """A float-NCHW reference (the PyTorch model) fed what a `uint8-nhwc` artifact takes: the raw
+    frames, normalised here with the artifact's own recorded settings before the model reads them."""
+
+    def __init__(self, inner: Runner, preprocessing: dict[str, Any]) -> None:
+        self.inner = inner
+        self.preprocessing = preprocessing
+        self.name = inner.name
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.inner.output_names
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.inner.infer({**feeds, "image": normalise_for(self.preprocessing, feeds["image"])})
+
+
+def frames_reference(runner: Runner, manifest: dict[str, Any]) -> Runner:
+    """`runner` as the reference of this artifact: wrapped in a FramesRunner where the artifact
+    takes raw frames and the runner is the float network."""
+    prep = manifest.get("preprocessing")
+    if prep is None or input_format(prep) != "uint8-nhwc":
+        return runner
+    return FramesRunner(runner, prep)
 
 
 class TorchRunner:

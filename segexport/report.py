@@ -24,6 +24,7 @@ from segexport.runtime.artifacts import atomic_write
 from segexport.runtime.compare import OutputComparison, ShapeResult, Tolerance
 from segexport.runtime.media import default_palette
 from segexport.runtime.outputs import check_output
+from segexport.runtime.preprocessing import to_pixels
 
 if TYPE_CHECKING:  # it imports onnx: the torch-free verify writes reports on the base install
     from segexport.localize import Localization
@@ -171,10 +172,7 @@ def worst_image_panels(worst: WorstImage, preprocessing: dict[str, Any]) -> np.n
     """input | reference mask | artifact mask | disagreement (red), side by side, RGB uint8."""
     from PIL import Image
 
-    mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(3, 1, 1)
-    chw = (worst.image[0] * std + mean) / np.float32(preprocessing["scale"])
-    picture = np.clip(chw.transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8)
+    picture = to_pixels(preprocessing, worst.image[0])
     height, width = picture.shape[:2]
 
     def full_size(array: np.ndarray) -> np.ndarray:

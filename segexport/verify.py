@@ -37,7 +37,7 @@ from segexport.reference import (
     verify_runners,
 )
 from segexport.report import ArtifactResult, ParityReport, WorstImage, check_report_paths, write_reports
-from segexport.runtime import Runner, open_runner
+from segexport.runtime import Runner, open_runner, preprocess_for
 from segexport.runtime.artifacts import read_manifest, vouched_bytes, vouched_path
 from segexport.runtime.files import FP32_ONNX
 from segexport.runtime.outputs import artifact_files
@@ -208,7 +208,8 @@ def _run_data(
     say(f"checking {len(active)} artifact(s) on {data.count} {data.source} images at {height}x{width}")
     done = 0
     max_batch = int(manifest["dynamic_axes"]["batch"][1])
-    for batch in data.batches(_batch_size(data, reference, max_batch), manifest["preprocessing"]):
+    prep = manifest["preprocessing"]
+    for batch in data.batches(_batch_size(data, reference, max_batch, prep), prep):
         feeds = {"image": batch.inputs}
         expected = reference.infer(feeds)
         for result in active:
@@ -234,9 +235,9 @@ def _run_data(
             result.outputs = [output.result(result.tolerance) for output in stats[result.file]]
 
 
-def _batch_size(data: EvaluationImages, reference: Runner, max_batch: int) -> int:
+def _batch_size(data: EvaluationImages, reference: Runner, max_batch: int, prep: dict[str, Any]) -> int:
     """Images per run: 8, fewer when one image's outputs are large or the artifact's batch is."""
-    probe = reference.infer({"image": np.zeros((1, 3, *data.size), dtype=np.float32)})
+    probe = reference.infer({"image": preprocess_for(prep, np.zeros((1, *data.size, 3), dtype=np.uint8))})
     values = max(sum(int(v.size) for v in probe.values()), 1)
     return max(1, min(8, max_batch, _BATCH_VALUES // values))
 

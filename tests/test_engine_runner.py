@@ -24,8 +24,10 @@ from segexport.runtime import engine
 from segexport.runtime.cuda import Cuda, CudaError
 from segexport.runtime.engine import TensorRTRunner
 from segexport.runtime.engine_records import tensorrt_unavailable_reason
+from segexport.runtime.preprocessing import preprocess
+from segexport.zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 from tests.emulator import engine_bytes, install
-from tests.emulator.models import MODELS, PROFILE, RECORD, EngineModel, frame
+from tests.emulator.models import MODELS, EngineModel, frame
 
 
 class CallLog:
@@ -50,7 +52,12 @@ class CallLog:
         return sum(1 for call, _ in self.calls if call == name)
 
     def downloaded_bytes(self) -> int:
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        return self._copied(self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+
+    def uploaded_bytes(self) -> int:
+        return self._copied(self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice)
+
+    def _copied(self, kind: Any) -> int:
         return sum(int(args[2]) for call, args in self.calls if call == "cudaMemcpyAsync" and args[3] == kind)
 
 
@@ -64,7 +71,8 @@ class Backend:
     runners: list[TensorRTRunner] = field(default_factory=list)
 
     def runner(self, model: EngineModel, **options: Any) -> TensorRTRunner:
-        runner = TensorRTRunner(self.make_engine(model), RECORD, name=f"{self.name}:{model.name}", **options)
+        record = {"profile": model.profile}
+        runner = TensorRTRunner(self.make_engine(model), record, name=f"{self.name}:{model.name}", **options)
         self.runners.append(runner)
         return runner
 
@@ -110,7 +118,7 @@ def _tensorrt_engine(tmp_path: Path) -> Callable[[EngineModel], bytes]:
     def build(model: EngineModel) -> bytes:
         source = tmp_path / f"{model.name}.onnx"
         source.write_bytes(model.onnx)
-        return build_engine(source, PROFILE, BuildOptions(precision="fp32"), say=lambda _: None)
+        return build_engine(source, model.profile, BuildOptions(precision="fp32"), say=lambda _: None)
 
     return build
 
@@ -129,12 +137,12 @@ def backend(
     if kind == "emulated":
         emulator = install(monkeypatch)
         chosen = Backend(
-            kind, CallLog(emulator.cudart), lambda m: engine_bytes(m.onnx, PROFILE), emulator.device
+            kind, CallLog(emulator.cudart), lambda m: engine_bytes(m.onnx, m.profile), emulator.device
         )
     elif kind == "cuda":
         runtime = _real_cuda()
         install(monkeypatch, cuda=runtime)
-        chosen = Backend(kind, CallLog(runtime), lambda m: engine_bytes(m.onnx, PROFILE))
+        chosen = Backend(kind, CallLog(runtime), lambda m: engine_bytes(m.onnx, m.profile))
     else:
         runtime = _real_cuda()
         chosen = Backend(kind, CallLog(runtime), _tensorrt_engine(tmp_path), tolerance=1e-2)
@@ -250,6 +258,38 @@ def test_mask_output_only_moves_class_ids(backend: Backend) -> None:
     assert list(outputs) == ["mask"] and outputs["mask"].dtype == np.uint8
     assert backend.log.downloaded_bytes() - before == 2 * 32 * 48  # one byte per pixel
     backend.assert_matches(outputs, model, feeds)
+
+
+def test_raw_frames_upload_a_quarter_of_the_bytes(backend: Backend) -> None:
+    """`--input-format uint8-nhwc`: a 1024x2048 frame crosses as 6.3 MB of uint8 pixels where the
+    float graph takes 25.2 MB, and the outputs are the float graph's on the normalised frame."""
+    size = (1024, 2048)
+    framed, plain = MODELS["conv-frames"](*size), MODELS["conv"]()
+    plain = EngineModel(
+        plain.name,
+        plain.onnx,
+        plain.outputs,
+        {"image": {"min": [1, 3, 8, 8], "opt": [1, 3, *size], "max": [1, 3, *size]}},
+    )
+    pixels = np.random.default_rng(3).integers(0, 256, size=(1, *size, 3), dtype=np.uint8)
+    uploads = {}
+    for model, feeds in (
+        (framed, {"image": pixels}),
+        (plain, {"image": preprocess(pixels, IMAGENET_MEAN, IMAGENET_STD)}),
+    ):
+        runner = backend.runner(model, outputs=["mask"])
+        before = backend.log.uploaded_bytes()
+        outputs = runner.infer(feeds)
+        uploads[model.name] = backend.log.uploaded_bytes() - before
+        backend.assert_matches(outputs, model, feeds)
+        if model is framed:
+            first = outputs["mask"]
+    print(
+        f"H2D bytes per {size[0]}x{size[1]} frame: "
+        f"raw frames {uploads['conv-frames']:,}, float {uploads['conv']:,}"
+    )
+    assert uploads == {"conv-frames": size[0] * size[1] * 3, "conv": size[0] * size[1] * 3 * 4}
+    np.testing.assert_array_equal(first, outputs["mask"])  # the same ids either way
 
 
 def test_fp16_outputs_arrive_as_float32(backend: Backend) -> None:

@@ -3,8 +3,8 @@
 Each: export -> quantize (--fp16 --int8 --int8-cpu) -> Segmenter at an odd image size ->
 verify with the module, and rel L2 of the FP32 ONNX vs the library's own forward <= 1e-4.
 torchvision imports through `tests/source_libraries.py`'s stub (platform notes). Slow-marked
-(not in `make test`): at 64x64 each takes some 5-50 CPU seconds; run them one at a time
-(`-n 0 -s` prints what the probe decided and the seconds of each stage).
+(`make test` runs them, `make test-fast` does not): at 64x64 each takes some 5-50 CPU seconds;
+run them one at a time (`-n 0 -s` prints what the probe decided and the seconds of each stage).
 """
 
 from __future__ import annotations
@@ -52,6 +52,19 @@ def _upernet() -> nn.Module:
     return transformers.UperNetForSemanticSegmentation(config)
 
 
+def _segformer() -> nn.Module:
+    """A ModelOutput whose logits are at 1/4 of the input (kept so: `upsample="none"`)."""
+    transformers = source_library("transformers")
+    config = transformers.SegformerConfig(
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[16, 32, 64, 128],
+        num_attention_heads=[1, 1, 2, 4],
+        decoder_hidden_size=64,
+        num_labels=5,
+    )
+    return transformers.SegformerForSemanticSegmentation(config)
+
+
 def _mobilevit() -> nn.Module:
     transformers = source_library("transformers")
     config = transformers.MobileViTConfig(
@@ -77,6 +90,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] = {
     "smp-deeplabv3plus-resnet18": (lambda: _smp("DeepLabV3Plus", "resnet18"), {}),
     "smp-fpn-mobilenet_v2": (lambda: _smp("FPN", "mobilenet_v2"), {}),
     "hf-upernet-convnext": (_upernet, {}),
+    "hf-segformer-quarter-logits": (_segformer, {"upsample": "none"}),
     "seed-deeplabv3plus-user-backbone": (_seed_deeplab, {}),
 }
 

@@ -167,6 +167,9 @@ def _open(item: _Planned, directory: Path, manifest: dict[str, Any], threads: in
 def backend_used(runner: Runner) -> str:
     """What really ran: the session's providers for ONNX Runtime (a GPU provider that fell
     back shows up here, when the runner does not refuse it outright), the runner otherwise."""
+    inner = getattr(runner, "inner", None)  # a FramesRunner: the reference it wraps
+    if inner is not None:
+        return backend_used(inner)
     session = getattr(runner, "session", None)
     if session is not None:
         return "onnxruntime " + "+".join(p.removesuffix("ExecutionProvider") for p in session.get_providers())

@@ -34,6 +34,7 @@ from segexport.errors import SegexportError
 from segexport.reference import data_size, spec_for
 from segexport.runtime.artifacts import read_manifest
 from segexport.runtime.inputs import check_input_shapes
+from segexport.runtime.preprocessing import input_shape
 
 
 @dataclass
@@ -60,7 +61,9 @@ def run_bench(request: BenchRequest, progress: Progress | None = None) -> BenchR
         size = request.size or data_size(manifest)
         batches = batches_for(request)
         for batch in batches:
-            check_input_shapes(manifest, {"image": (batch, 3, *size)}, "--size/--batch")
+            check_input_shapes(
+                manifest, {"image": input_shape(manifest["preprocessing"], batch, size)}, "--size/--batch"
+            )
         trained = prepared.get("trained", bool(manifest["model"].get("weights")))
         folder = labelled_folder(request.data, manifest, request.eval_images)
         runs, seconds = request.runs, (None if request.runs else request.seconds or DEFAULT_SECONDS)

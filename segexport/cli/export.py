@@ -87,6 +87,14 @@ def _triple(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     help="Type of the mask's class ids.",
 )
 @click.option(
+    "--input-format",
+    type=click.Choice(["float-nchw", "uint8-nhwc"]),
+    default="float-nchw",
+    show_default=True,
+    help="What the graph takes: normalised float NCHW, or raw RGB uint8 frames [N, H, W, 3] "
+    "normalised inside the graph (a quarter of the bytes to upload; the runtime feeds frames).",
+)
+@click.option(
     "--from-onnx",
     "from_onnx",
     type=click.Path(path_type=Path),
@@ -182,6 +190,7 @@ def _own_model(own: dict[str, Any], params: dict[str, Any], max_rel_l2: float) -
             max_rel_l2=max_rel_l2,
             threads=params["threads"],
             progress=progress,
+            input_format=params["input_format"],
         )
     from segexport.export import export
     from segexport.sources.factory import build_from_factory, load_user_weights
@@ -211,6 +220,7 @@ def _own_model(own: dict[str, Any], params: dict[str, Any], max_rel_l2: float) -
         stride=own["stride"],
         opset=params["opset"],
         head=params["head"],
+        input_format=params["input_format"],
         max_rel_l2=max_rel_l2,
         force=params["force"],
         threads=params["threads"],

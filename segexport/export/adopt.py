@@ -23,7 +23,7 @@ from segexport.compare import Tolerance
 from segexport.errors import SegexportError, VerificationError, first_line
 from segexport.export.graph import simplify
 from segexport.export.plan import ExportRequest, plan_export
-from segexport.export.stage import MODEL_FILE, _manifest
+from segexport.export.stage import MODEL_FILE, _manifest, take_raw_frames_checked
 from segexport.importers import Preprocessing
 from segexport.reference import verify_runners
 from segexport.runtime import OnnxRuntimeRunner
@@ -129,6 +129,7 @@ def adopt_onnx(
     max_rel_l2: float = 1e-4,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    input_format: str = "float-nchw",
 ) -> dict[str, Any]:
     """Adopt `path` as an artifact (see the module's docstring); returns the manifest."""
     say = progress or (lambda _message: None)
@@ -208,6 +209,7 @@ def adopt_onnx(
         source=source,
         class_names=names,
         preprocessing=prep,
+        input_format=input_format,
     )
     plan = plan_export(request)
     with staged_directory(plan.out_dir, force, artifacts_only=True) as staging:
@@ -224,8 +226,13 @@ def adopt_onnx(
             request.tolerance,
             progress=lambda m: say(f"      {m}"),
         )
+        if report.passed and input_format == "uint8-nhwc":
+            say("taking raw frames (uint8 NHWC, normalised in the graph)")
+            simplified, frames = take_raw_frames_checked(plan, request, simplified, staging / MODEL_FILE)
         seconds = {"total": round(time.perf_counter() - started, 2)}
         manifest = _manifest(plan, request, simplified, proto, note, report, seconds)
+        if report.passed and input_format == "uint8-nhwc":
+            manifest["verification"]["frames"] = frames.to_dict()
         manifest["onnx"]["exporter"] = f"adopted ({path.name})"
         if not report.passed:
             raise VerificationError(

@@ -128,3 +128,63 @@ def explicit_squeeze_axes(proto: onnx.ModelProto) -> int:
         node.input.append(name)
         fixed += 1
     return fixed
+
+
+def take_raw_frames(
+    proto: onnx.ModelProto, mean: Any, std: Any, scale: float, input_name: str = "image"
+) -> onnx.ModelProto:
+    """The graph taking raw RGB frames, uint8 [N, H, W, 3], and normalising inside.
+
+    The prefix repeats `segexport.runtime.preprocess` step by step (Cast, NHWC -> NCHW, * scale,
+    - mean, / std, all float32) so that the graph reads the tensor the float artifact read. A
+    GPU runner then uploads a quarter of the bytes and the host converts nothing; TensorRT
+    takes UINT8 network inputs followed by a Cast.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    declared = next((value for value in graph.input if value.name == input_name), None)
+    if declared is None:
+        raise SegexportError(f"the graph has no input {input_name!r} to take raw frames")
+    dims = list(declared.type.tensor_type.shape.dim)
+    if (
+        declared.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
+        or len(dims) != 4
+        or dims[1].dim_value != 3
+    ):
+        raise SegexportError(
+            f"--input-format uint8-nhwc needs a float [N, 3, H, W] input; {input_name!r} is not one"
+        )
+    inner = f"{input_name}_normalised"
+    for node in graph.node:
+        node.input[:] = [inner if name == input_name else name for name in node.input]
+    constants = {
+        f"{input_name}_scale": np.array(scale, dtype=np.float32),
+        f"{input_name}_mean": np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1),
+        f"{input_name}_std": np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1),
+    }
+    graph.initializer.extend(onnx.numpy_helper.from_array(value, name) for name, value in constants.items())
+    steps: list[tuple[str, list[str], dict[str, Any]]] = [
+        ("Cast", [input_name], {"to": onnx.TensorProto.FLOAT}),
+        ("Transpose", [], {"perm": [0, 3, 1, 2]}),
+        ("Mul", [f"{input_name}_scale"], {}),
+        ("Sub", [f"{input_name}_mean"], {}),
+        ("Div", [f"{input_name}_std"], {}),
+    ]
+    prefix: list[onnx.NodeProto] = []
+    previous = None
+    for index, (op, extra, attributes) in enumerate(steps):
+        output = inner if index == len(steps) - 1 else f"{input_name}_frames_{op.lower()}"
+        inputs = extra if previous is None else [previous, *extra]
+        prefix.append(onnx.helper.make_node(op, inputs, [output], name=f"frames_{op.lower()}", **attributes))
+        previous = output
+    nodes = [*prefix, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    shape = [d.dim_param or d.dim_value for d in (dims[0], dims[2], dims[3])] + [3]
+    frames = onnx.helper.make_tensor_value_info(input_name, onnx.TensorProto.UINT8, shape)
+    position = list(graph.input).index(declared)
+    graph.input.remove(declared)
+    graph.input.insert(position, frames)
+    onnx.checker.check_model(model)
+    return model

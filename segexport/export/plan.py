@@ -16,6 +16,7 @@ from segexport.compare import Tolerance
 from segexport.errors import SegexportError
 from segexport.export.graph import HEADS, MASK_TYPES
 from segexport.importers import EXPECTED, Imported, Preprocessing, import_weights
+from segexport.runtime.preprocessing import DEFAULT_INPUT_FORMAT, INPUT_FORMATS
 from segexport.shapes import DynamicRange, InputShape
 from segexport.weights import Weights, resolve_weights
 from segexport.zoo.registry import ModelSpec, get_spec
@@ -64,6 +65,9 @@ class ExportRequest:
     source: dict[str, Any] | None = None
     class_names: tuple[str, ...] | None = None
     preprocessing: Preprocessing | None = None
+    # What the artifact's image input takes (segexport.runtime.preprocessing.INPUT_FORMATS):
+    # `uint8-nhwc` prefixes the verified graph with the normalisation, for raw RGB frames.
+    input_format: str = DEFAULT_INPUT_FORMAT
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ def plan_export(request: ExportRequest) -> ExportPlan:
     if num_classes < 1:
         raise SegexportError(f"--num-classes must be >= 1, got {num_classes}")
     check_head(spec, request.head, request.mask_dtype, num_classes)
+    check_input_format(spec, request.input_format)
     if request.opset not in SUPPORTED_OPSETS:
         raise SegexportError(
             f"--opset {request.opset} is not supported; use {SUPPORTED_OPSETS.start}.."
@@ -288,3 +293,13 @@ def check_head(spec: ModelSpec, head: str, mask_dtype: str, num_classes: int) ->
         raise SegexportError(f"--head {head} needs at least 2 classes (a 1-class model's mask is its sign)")
     if mask_dtype == "uint8" and num_classes > 256:
         raise SegexportError(f"--mask-dtype uint8 holds 256 classes; this model has {num_classes}: use int32")
+
+
+def check_input_format(spec: ModelSpec, input_format: str) -> None:
+    """Refuse an input format the tool does not know, or raw frames for a model without images."""
+    if input_format not in INPUT_FORMATS:
+        raise SegexportError(
+            f"--input-format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}"
+        )
+    if input_format != DEFAULT_INPUT_FORMAT and spec.input_kind != "image":
+        raise SegexportError(f"--input-format {input_format}: {spec.name} takes RoI features, not images")

@@ -18,7 +18,7 @@ import numpy as np
 from segexport.data import evaluation_images
 from segexport.errors import SegexportError
 from segexport.export.graph import MASK_OUTPUT, MASK_TYPES
-from segexport.reference import TorchRunner, data_size, reference_model, spec_for
+from segexport.reference import TorchRunner, data_size, frames_reference, reference_model, spec_for
 from segexport.runtime import Runner, preprocess_for, resize
 from segexport.runtime.artifacts import begin_stage, read_manifest, record_files
 from segexport.runtime.files import REFERENCE_FILE
@@ -153,6 +153,7 @@ def add_reference(directory: Path, weights: str | None, force: bool, say: Progre
     begin_stage(directory, manifest, [REFERENCE_FILE], "reference.npz is written there")
     spec = spec_for(manifest)
     runner = with_head(TorchRunner(reference_model(manifest, weights), spec.output_names), manifest["head"])
+    runner = frames_reference(runner, manifest)
     say(f"recording PyTorch's outputs into {directory / REFERENCE_FILE}")
     reference = record_reference(runner, manifest, recorded_shapes(manifest), say)
     size = write_reference(directory, reference)

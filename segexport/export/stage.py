@@ -7,9 +7,11 @@ Planning is `segexport.export.plan`, tracing `.trace`, graph edits `.graph`.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,13 +22,13 @@ from torch import nn
 from segexport import __version__, readiness
 from segexport.compare import VerificationReport
 from segexport.errors import VerificationError
-from segexport.export.graph import MASK_OUTPUT, add_mask_head, declared_shapes, simplify
+from segexport.export.graph import MASK_OUTPUT, add_mask_head, declared_shapes, simplify, take_raw_frames
 from segexport.export.plan import ExportPlan, ExportRequest, plan_export
 from segexport.export.recording import record_reference, with_head
 from segexport.export.stride import settle_stride
 from segexport.export.trace import trace_to_onnx
 from segexport.importers import Preprocessing, build_imported
-from segexport.reference import TorchRunner, verify_runners
+from segexport.reference import FramesRunner, TorchRunner, frames_reference, verify_runners
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import (
     MANIFEST,
@@ -37,6 +39,7 @@ from segexport.runtime.artifacts import (
     write_json_atomic,
 )
 from segexport.runtime.files import REFERENCE_FILE
+from segexport.runtime.preprocessing import INPUT_FORMATS
 from segexport.runtime.recorded import write_reference
 from segexport.weights import load_weights
 from segexport.zoo.registry import ModelSpec, create_model
@@ -121,6 +124,13 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
             request.tolerance,
             progress=lambda message: say(f"      {message}"),
         )
+        frames_report = None
+        if report.passed and request.input_format == "uint8-nhwc":
+            say(
+                f"      taking raw frames (uint8 NHWC, normalised in the graph), "
+                f"checked at {len(plan.verify_shapes)} shapes"
+            )
+            proto, frames_report = take_raw_frames_checked(plan, request, proto, model_path)
         verify_seconds = time.perf_counter() - verified_at
         manifest = _manifest(
             plan,
@@ -137,6 +147,8 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
             },
             source_check,
         )
+        if frames_report is not None:  # the raw-frame graph against the float graph it wraps
+            manifest["verification"]["frames"] = frames_report.to_dict()
         if not report.passed:
             raise VerificationError(
                 f"{spec.name}: ONNX output differs from PyTorch; no artifact written. "
@@ -145,7 +157,9 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
         written = [MODEL_FILE]
         if spec.input_kind == "image":
             say(f"      recording PyTorch's outputs into {REFERENCE_FILE}")
-            recorded = record_reference(reference, manifest, plan.verify_shapes, say)
+            recorded = record_reference(
+                frames_reference(reference, manifest), manifest, plan.verify_shapes, say
+            )
             written_bytes = write_reference(staging, recorded)
             say(f"      {REFERENCE_FILE}: {len(recorded.sets)} set(s), {written_bytes / 1024:.0f} KiB")
             written.append(REFERENCE_FILE)
@@ -227,17 +241,51 @@ def _manifest(
     elif plan.source is not None:
         manifest["source"] = plan.source
     if spec.input_kind == "image":
-        prep = plan.preprocessing or Preprocessing(spec.mean, spec.std)
         manifest["size_rule"] = {"divisible_by": spec.stride}
-        manifest["preprocessing"] = {
-            "color_order": "RGB",
-            "layout": "NCHW",
-            "scale": prep.scale,
-            "mean": list(prep.mean),
-            "std": list(prep.std),
-            "formula": "(pixel * scale - mean) / std",
-        }
+        manifest["preprocessing"] = _preprocessing_record(plan, request.input_format)
     return manifest
+
+
+def _preprocessing_record(plan: ExportPlan, input_format: str) -> dict[str, Any]:
+    """The manifest's `preprocessing`: how pixels become the network's input, and what the
+    graph takes (INPUT_FORMATS: normalised float NCHW, or raw frames normalised inside)."""
+    prep = plan.preprocessing or Preprocessing(plan.spec.mean, plan.spec.std)
+    return {
+        "color_order": "RGB",
+        "layout": INPUT_FORMATS[input_format]["layout"],
+        "input_format": input_format,
+        "scale": prep.scale,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "formula": "(pixel * scale - mean) / std"
+        + (", inside the graph" if INPUT_FORMATS[input_format]["normalised_in_graph"] else ""),
+    }
+
+
+def take_raw_frames_checked(
+    plan: ExportPlan, request: ExportRequest, proto: onnx.ModelProto, model_path: Path
+) -> tuple[onnx.ModelProto, VerificationReport]:
+    """Prefix the verified float graph with the normalisation and write it over the staged file,
+    after checking it on random frames against the float graph fed `normalise_for(frames)`."""
+    record = _preprocessing_record(plan, request.input_format)
+    framed = take_raw_frames(proto, record["mean"], record["std"], float(record["scale"]))
+    float_graph = FramesRunner(OnnxRuntimeRunner(model_path, threads=request.threads), record)
+    framed_bytes = framed.SerializeToString()
+    report = verify_runners(
+        dataclasses.replace(plan.spec, input_format=request.input_format),
+        plan.num_classes,
+        float_graph,
+        OnnxRuntimeRunner(framed_bytes, threads=request.threads),
+        plan.verify_shapes,
+        request.tolerance,
+    )
+    if not report.passed:
+        raise VerificationError(
+            f"{plan.spec.name}: the raw-frame graph differs from the float graph; no artifact written. "
+            + " | ".join(report.failures()[:3])
+        )
+    model_path.write_bytes(framed_bytes)
+    return framed, report
 
 
 def _weights_record(plan: ExportPlan) -> dict[str, Any] | None:

@@ -82,6 +82,7 @@ def export(
     stride: int | None = None,
     opset: int = DEFAULT_OPSET,
     head: str = "logits",
+    input_format: str = "float-nchw",
     max_rel_l2: float = 1e-4,
     force: bool = False,
     threads: int | None = None,
@@ -92,7 +93,8 @@ def export(
 
     `output` names the class-score output (a dict key or tuple index) where the probe cannot
     tell; `upsample="bilinear"` resizes lower-resolution scores to the input inside the graph,
-    `"none"` keeps them and records the scale (the runtime resizes). `source` is merged into
+    `"none"` keeps them and records the scale (the runtime resizes). `input_format="uint8-nhwc"`
+    makes the graph take raw RGB frames and normalise inside. `source` is merged into
     the manifest's record (the CLI adds its factory and weights there).
     """
     say = progress or (lambda _message: None)
@@ -150,6 +152,7 @@ def export(
         tolerance=Tolerance(max_rel_l2=max_rel_l2),
         threads=threads,
         head=head,
+        input_format=input_format,
         spec=spec,
         module=ScoresAdapter(model, choice).eval(),
         source=record,

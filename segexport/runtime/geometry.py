@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from segexport.errors import SegexportError
-from segexport.runtime.preprocessing import preprocess_for, resize
+from segexport.runtime.preprocessing import pad_input, preprocess_for, resize
 
 RESIZE_MODES = ("fixed", "keep-aspect", "native")
 
@@ -115,13 +115,11 @@ class Placement:
     padded: tuple[int, int]
 
     def tensor(self, rgb: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
-        """RGB uint8 [H, W, 3] -> normalised float32 [3, padH, padW]; the padding is 0 (the mean colour)."""
-        normalised = preprocess_for(preprocessing, resize(rgb, self.scaled))[0]
-        if self.scaled == self.padded:
-            return normalised
-        padded = np.zeros((3, *self.padded), dtype=np.float32)
-        padded[:, : self.scaled[0], : self.scaled[1]] = normalised
-        return padded
+        """RGB uint8 [H, W, 3] -> the graph's input for one image (normalised float32 [3, padH,
+        padW], or uint8 [padH, padW, 3] raw frames), padded with the mean colour."""
+        return pad_input(
+            preprocessing, preprocess_for(preprocessing, resize(rgb, self.scaled))[0], self.padded
+        )
 
     def _crop(self, logits: np.ndarray) -> np.ndarray:
         """The scores of the image's pixels, without the padding: at the input's resolution or

@@ -23,7 +23,7 @@ from segexport.runtime.compare import (
     VerificationReport,
     compare_arrays,
 )
-from segexport.runtime.preprocessing import preprocess_for
+from segexport.runtime.preprocessing import input_shape, preprocess_for
 from segexport.runtime.recorded import RecordedReference, RecordedSet
 from segexport.runtime.runners import Runner
 
@@ -101,7 +101,7 @@ def judge_runner(
     judgement = Judgement(runner.name)
     try:
         for recorded in reference.sets:
-            shape = (len(recorded.images), 3, *recorded.images.shape[1:3])
+            shape = input_shape(reference.preprocessing, len(recorded.images), recorded.images.shape[1:3])
             if recorded.kind == "images" and (fits is None or fits((1, *shape[1:]))):
                 judgement.outputs = _judge_images(reference, recorded, runner, tolerance, max(1, max_batch))
                 judgement.images = len(recorded.images)

@@ -145,11 +145,16 @@ def profile_shapes(manifest: dict[str, Any]) -> dict[str, str]:
     (image,) = [i for i in manifest["inputs"] if i["name"] == "image"] or [None]
     if image is None or "height" not in axes:
         raise SegexportError("explicit TensorRT profiles need an image model's manifest")
-    channels = int(image["shape"][1])
     batch, height, width = (int(v) for v in manifest["export_shape"].split("x"))
-    low = [axes["batch"][0], channels, axes["height"][0], axes["width"][0]]
-    opt = [batch, channels, height, width]
-    high = [axes["batch"][1], channels, axes["height"][1], axes["width"][1]]
+    picks = {
+        "min": {"batch": axes["batch"][0], "height": axes["height"][0], "width": axes["width"][0]},
+        "opt": {"batch": batch, "height": height, "width": width},
+        "max": {"batch": axes["batch"][1], "height": axes["height"][1], "width": axes["width"][1]},
+    }
+    # By axis name, so NCHW and raw-frame NHWC inputs read alike; fixed dims (channels) as declared.
+    low, opt, high = (
+        [int(d) if isinstance(d, int) else values[d] for d in image["shape"]] for values in picks.values()
+    )
     return {
         key: "image:" + "x".join(str(v) for v in dims)
         for key, dims in (("min", low), ("opt", opt), ("max", high))

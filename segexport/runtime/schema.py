@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from segexport.errors import SegexportError
+from segexport.runtime.preprocessing import INPUT_FORMATS
 
 SCHEMA_VERSION = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -163,6 +164,11 @@ def _preprocessing(check: _Checker, prep: dict[str, Any]) -> None:
             number = check.number(value, f"preprocessing.{key}[{index}]")
             if key == "std" and number <= 0:
                 raise check.fail(f"preprocessing.std[{index}]", f"must be > 0, got {number}")
+    if "input_format" in prep and prep["input_format"] not in INPUT_FORMATS:
+        shown = str(prep["input_format"])[:40]
+        raise check.fail(
+            "preprocessing.input_format", f"must be one of {', '.join(INPUT_FORMATS)}, got {shown!r}"
+        )
 
 
 MAX_PALETTE_ROWS = 65536

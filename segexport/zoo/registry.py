@@ -43,6 +43,9 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     # Outputs whose channel axis holds one score per class (argmax gives the label map).
     logits_outputs: tuple[str, ...] = field(default=())
+    # What the artifact's image input takes (segexport.runtime.preprocessing.INPUT_FORMATS): the
+    # network itself always reads float NCHW; `uint8-nhwc` artifacts normalise raw frames in-graph.
+    input_format: str = "float-nchw"
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -76,6 +79,9 @@ class ModelSpec:
         """Random inputs of one concrete shape, named as the exported graph names them."""
         if self.input_kind == "image":
             assert shape.height is not None and shape.width is not None
+            if self.input_format == "uint8-nhwc":  # raw frames: every grey level equally likely
+                size = (shape.batch, shape.height, shape.width, 3)
+                return {"image": torch.randint(0, 256, size, generator=generator, dtype=torch.uint8)}
             image = torch.randn(shape.batch, 3, shape.height, shape.width, generator=generator)
             return {"image": image}
         features = torch.randn(shape.batch, 256, 14, 14, generator=generator)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -18,6 +18,7 @@ class EngineModel:
     name: str
     onnx: bytes
     outputs: tuple[str, ...]
+    profile: dict[str, dict[str, list[int]]] = field(default_factory=lambda: PROFILE)
 
 
 def _model(name: str, nodes: list, outputs: list, weights: list) -> EngineModel:
@@ -55,7 +56,25 @@ def identity() -> EngineModel:
     return _model("identity", nodes, outputs, [])
 
 
-MODELS = {"conv": conv, "conv-fp16": lambda: conv(TensorProto.FLOAT16), "identity": identity}
+def conv_frames(height: int = 32, width: int = 48) -> EngineModel:
+    """`conv` taking raw uint8 RGB frames [N, H, W, 3], normalised inside (`--input-format
+    uint8-nhwc`), with a profile up to `height` x `width`."""
+    from segexport.export.graph import take_raw_frames
+
+    framed = take_raw_frames(
+        onnx.load_from_string(conv().onnx), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255
+    )
+    framed.ir_version = 8
+    profile = {"image": {"min": [1, 8, 8, 3], "opt": [1, 16, 16, 3], "max": [4, height, width, 3]}}
+    return EngineModel("conv-frames", framed.SerializeToString(), ("logits", "mask"), profile)
+
+
+MODELS = {
+    "conv": conv,
+    "conv-fp16": lambda: conv(TensorProto.FLOAT16),
+    "identity": identity,
+    "conv-frames": conv_frames,
+}
 
 
 def frame(shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:

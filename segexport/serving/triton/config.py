@@ -13,6 +13,7 @@ from typing import Any
 from segexport.errors import SegexportError, first_line
 from segexport.extras import missing_extra_error
 from segexport.runtime.files import ONNX_FILES
+from segexport.runtime.preprocessing import spatial_axes
 
 FORMATS: dict[str, str | None] = {
     **{file.format_name: file.name for file in ONNX_FILES if file.for_tensorrt},
@@ -169,11 +170,13 @@ def served_size(request: TritonRequest, served: Served) -> tuple[int, int]:
         size = (height, width)
     if served.engine is not None:
         profile = next(iter(served.engine["profile"].values()))
-        low, high = (profile["min"][2], profile["min"][3]), (profile["max"][2], profile["max"][3])
+        rows, cols = spatial_axes(manifest["preprocessing"])
+        low, high = (profile["min"][rows], profile["min"][cols]), (profile["max"][rows], profile["max"][cols])
         what = "the engine's profile"
     else:
         axes = manifest["dynamic_axes"]
-        ranges = [axes[dim] if isinstance(dim, str) else (dim, dim) for dim in shape[2:]]
+        spatial = [shape[axis] for axis in spatial_axes(manifest["preprocessing"])]
+        ranges = [axes[dim] if isinstance(dim, str) else (dim, dim) for dim in spatial]
         low, high = (ranges[0][0], ranges[1][0]), (ranges[0][1], ranges[1][1])
         what = "the artifact's range"
     inside = all(lo <= s <= hi for s, lo, hi in zip(size, low, high, strict=True))
@@ -257,6 +260,7 @@ def ort_tensorrt_parameters(
     axes = manifest["dynamic_axes"]
     opt_size = served_size(request, served) if request.ensemble or request.size else None
     top_batch = max(max_batch, 1)
+    spatial = spatial_axes(manifest["preprocessing"])
     opt_batch = max(request.preferred_batch, default=1)
 
     def shape(pick: str) -> str:
@@ -266,10 +270,10 @@ def ort_tensorrt_parameters(
                 dims.append(dim)
             elif index == 0:
                 dims.append({"min": 1, "opt": opt_batch, "max": top_batch}[pick])
-            elif pick == "opt" and opt_size is not None and index in (2, 3):
-                dims.append(opt_size[index - 2])
+            elif pick == "opt" and opt_size is not None and index in spatial:
+                dims.append(opt_size[spatial.index(index)])
             elif pick == "opt":
-                dims.append(_export_dim(manifest, index))
+                dims.append(_export_dim(manifest, spatial.index(index) + 1))
             else:
                 dims.append(axes[dim][0 if pick == "min" else 1])
         return f"{entry['name']}:{'x'.join(map(str, dims))}"
@@ -284,8 +288,9 @@ def ort_tensorrt_parameters(
     }
 
 
-def _export_dim(manifest: dict[str, Any], index: int) -> int:
-    return int(str(manifest["export_shape"]).split("x")[index - 1])
+def _export_dim(manifest: dict[str, Any], position: int) -> int:
+    """The export shape's B (0), H (1) or W (2)."""
+    return int(str(manifest["export_shape"]).split("x")[position])
 
 
 def _graph_specs(request: TritonRequest, served: Served, max_batch: int) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from segexport.errors import SegexportError
 from segexport.runtime.artifacts import read_manifest, sha256_file, vouched_path
 from segexport.runtime.geometry import mask_dtype
 from segexport.runtime.outputs import check_output, staged_output
+from segexport.runtime.preprocessing import input_format, input_shape
 from segexport.serving.triton.check import check_repository
 from segexport.serving.triton.config import (
     FORMATS,
@@ -292,6 +293,7 @@ def ensemble_configs(
         "scale": processing["scale"],
         "color_order": processing["color_order"],
         "input_dtype": network_input["dtype"],
+        "input_format": input_format(processing),
     }
     cpu = [{"kind": "KIND_CPU", "count": request.instances}]
     pre_name, post_name, ensemble_name = f"{name}_preprocess", f"{name}_postprocess", f"{name}_ensemble"
@@ -307,7 +309,7 @@ def ensemble_configs(
             {
                 "name": "NETWORK_INPUT",
                 "data_type": TRITON_TYPES[network_input["dtype"]],
-                "dims": [1, 3, *size],
+                "dims": list(input_shape(manifest["preprocessing"], 1, size)),
             },
             original,
         ],
