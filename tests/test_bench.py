@@ -77,6 +77,7 @@ def test_every_requested_format_has_a_row_with_a_status(demo: tuple[BenchResult,
         "machine",
         "memory_note",
         "accuracy_note",
+        "timing_note",
     ):
         assert key in data, key
     assert data["machine"]["versions"]["onnxruntime"] == onnxruntime.__version__
@@ -324,3 +325,25 @@ def test_unlisted_and_changed_files_are_rows_that_refuse(
     assert engine.status == "unavailable" and "model.fp32.engine is not listed in manifest.json" in str(
         engine.reason
     )
+
+
+def _spin_setting(runner: Any) -> str | None:
+    options = runner.session.get_session_options()
+    try:
+        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+    except Exception:  # ONNX Runtime raises when the entry was never set: its default (spinning)
+        return None
+
+
+def test_sessions_interleaved_in_one_process_do_not_spin(demo: tuple[BenchResult, Path]) -> None:
+    """Several ONNX Runtime rows: their sessions block instead of spin-waiting (an idle session's
+    spinning threads would take the timed one's cores), and the report says so; a runner made
+    outside `spin_waiting(False)` keeps ONNX Runtime's default."""
+    from segexport.runtime.runners import OnnxRuntimeRunner, spin_waiting
+
+    result, directory = demo
+    assert "spin-waiting off" in result.header["timing_note"]
+    with spin_waiting(False):
+        quiet = OnnxRuntimeRunner(directory / "model.onnx", threads=1)
+    assert _spin_setting(quiet) == "0"
+    assert _spin_setting(OnnxRuntimeRunner(directory / "model.onnx", threads=1)) is None

@@ -36,6 +36,7 @@ def format_report(result: BenchResult) -> str:
         "round by round, PyTorch eager in the same rounds",
         f"- accuracy: {header['accuracy_note']}",
         f"- memory: {header['memory_note']}",
+        f"- timing: {header['timing_note']}",
         f"- machine: {machine['cpu']}, {machine['usable_cores']} of {machine['cores']} cores usable; "
         f"GPU: {machine['gpu']}; ONNX Runtime providers: {', '.join(machine['onnxruntime_providers'])}",
         f"- versions: {versions}",

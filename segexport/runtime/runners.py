@@ -6,9 +6,11 @@ verification stage compares runners; robotics and video pipelines use them direc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +47,24 @@ class Runner(Protocol):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+# Whether ONNX Runtime's intra-op threads spin-wait for work (its default: the lowest latency for
+# one session). A process that interleaves several sessions (`segexport bench`) turns it off for
+# the sessions it opens: an idle session's spinning threads take the cores the timed one needs
+# (unet-small FP32 at 512x512 on 2 cores, interleaved with its INT8 graph: 176 ms spinning,
+# 143 ms not; alone, 135 ms).
+_SPIN_WAITING: ContextVar[bool] = ContextVar("segexport_ort_spin_waiting", default=True)
+
+
+@contextlib.contextmanager
+def spin_waiting(enabled: bool) -> Iterator[None]:
+    """ONNX Runtime sessions created inside spin-wait (`True`, the default) or block."""
+    token = _SPIN_WAITING.set(enabled)
+    try:
+        yield
+    finally:
+        _SPIN_WAITING.reset(token)
+
+
 class OnnxRuntimeRunner:
     """An ONNX Runtime session on the CPU unless providers say otherwise.
 
@@ -78,6 +98,8 @@ class OnnxRuntimeRunner:
             options.inter_op_num_threads = 1
         if emulate_qdq:
             options.add_session_config_entry("session.disable_quant_qdq", "1")
+        if not _SPIN_WAITING.get():
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
