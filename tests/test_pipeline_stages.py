@@ -73,6 +73,9 @@ def test_stream_and_run_report_each_stage(small_artifact: Path, tmp_path: Path) 
     assert summary["inference_fps"] > 0 and summary["frames"] == 4
     code, stdout, _ = run(*common, str(tmp_path / "out2"))
     assert code == 0 and "per frame (ms): decode" in stdout and "inference alone" in stdout
+    one = ["run", "--artifacts", str(small_artifact), "--input", str(folder / "0.png")]
+    code, stdout, _ = run(*one, "--output", str(tmp_path / "one.png"))
+    assert code == 0 and "per frame" not in stdout  # one image: no stream, no stage clock to show
 
 
 def test_tensorrt_streams_keep_two_frames_in_flight(

@@ -145,7 +145,8 @@ def _report(summary: Any, source: str, as_json: bool) -> None:
         f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps) on "
         f"{summary.backend} {summary.precision}; wrote {summary.output}"
     )
-    click.echo(summary.stages_line())
+    if any(summary.stages_ms.values()):  # one image runs outside the stream: no stage clock
+        click.echo(summary.stages_line())
 
 
 def _frame_progress(done: int, total: int | None, fps: float) -> None:
