@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -127,6 +128,13 @@ def check_report_paths(markdown: Path, files: Iterable[str], reads: Iterable[Pat
     paths = [markdown, markdown.with_suffix(".json"), *(picture_path(markdown, file) for file in files)]
     for path in paths:
         check_output(path, True, directory=False, reads=reads, option="--report")
+
+
+def finish_report(report: ParityReport, started: float, markdown: Path) -> ParityReport:
+    """Stamp the seconds since `started` and write the reports: the one ending of every parity check."""
+    report.seconds = time.perf_counter() - started
+    write_reports(report, markdown)
+    return report
 
 
 def write_reports(report: ParityReport, markdown: Path) -> None:

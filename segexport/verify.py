@@ -36,7 +36,7 @@ from segexport.reference import (
     spec_for,
     verify_runners,
 )
-from segexport.report import ArtifactResult, ParityReport, WorstImage, check_report_paths, write_reports
+from segexport.report import ArtifactResult, ParityReport, WorstImage, check_report_paths, finish_report
 from segexport.runtime import Runner, open_runner, preprocess_for
 from segexport.runtime.artifacts import read_manifest, vouched_bytes, vouched_path
 from segexport.runtime.files import FP32_ONNX
@@ -128,9 +128,7 @@ def verify_artifacts(request: VerifyRequest, progress: Callable[[str], None] | N
         selected + skipped,
         manifest["preprocessing"],
     )
-    report.seconds = time.perf_counter() - started
-    write_reports(report, report_path)
-    return report
+    return finish_report(report, started, report_path)
 
 
 def _check_request(request: VerifyRequest) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from segexport.compare import default_tolerance
 from segexport.errors import SegexportError
-from segexport.report import ArtifactResult, ParityReport, check_report_paths, write_reports
+from segexport.report import ArtifactResult, ParityReport, check_report_paths, finish_report
 from segexport.runtime import open_runner
 from segexport.runtime.artifacts import read_manifest, vouched_path
 from segexport.runtime.engine_records import profile_problem, tensorrt_unavailable_reason
@@ -135,9 +135,7 @@ def verify_recorded(
         selected + skipped,
         manifest["preprocessing"],
     )
-    report.seconds = time.perf_counter() - started
-    write_reports(report, report_path)
-    return report
+    return finish_report(report, started, report_path)
 
 
 def _headline(output: Any) -> str:

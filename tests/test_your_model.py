@@ -106,6 +106,11 @@ def test_the_example_factory_exports_from_the_cli(tmp_path: Path) -> None:
     # the factory seeds itself, so verify rebuilds the reference from the record
     code, _, err = run("verify", "--artifacts", str(out), "--data", "random", "--limit", "1")
     assert code == 0, err
+    # `segexport reference` re-records reference.npz through the same door (the factory's record)
+    code, _, err = run("reference", "--artifacts", str(out), "--force")
+    assert code == 0, err
+    code, _, err = run("verify", "--artifacts", str(out), "--against", "recorded")
+    assert code == 0, err
 
 
 def test_a_foreign_onnx_is_adopted_quantized_and_run(tmp_path: Path) -> None:

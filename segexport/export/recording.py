@@ -18,7 +18,7 @@ import numpy as np
 from segexport.data import evaluation_images
 from segexport.errors import SegexportError
 from segexport.export.graph import MASK_OUTPUT, MASK_TYPES
-from segexport.reference import TorchRunner, data_size, frames_reference, reference_model, spec_for
+from segexport.reference import data_size, reference_runner, source_kind, spec_for
 from segexport.runtime import Runner, preprocess_for, resize
 from segexport.runtime.artifacts import begin_stage, read_manifest, record_files
 from segexport.runtime.files import REFERENCE_FILE
@@ -151,9 +151,11 @@ def add_reference(directory: Path, weights: str | None, force: bool, say: Progre
             f"{directory}: {manifest['model']['name']} takes no images; no reference to record"
         )
     begin_stage(directory, manifest, [REFERENCE_FILE], "reference.npz is written there")
-    spec = spec_for(manifest)
-    runner = with_head(TorchRunner(reference_model(manifest, weights), spec.output_names), manifest["head"])
-    runner = frames_reference(runner, manifest)
+    # The one door to an artifact's reference (zoo, a user's factory, an adopted ONNX); an adopted
+    # ONNX is its own reference, head included.
+    runner = reference_runner(manifest, directory, weights=weights)
+    if source_kind(manifest) != "onnx":
+        runner = with_head(runner, manifest["head"])
     say(f"recording PyTorch's outputs into {directory / REFERENCE_FILE}")
     reference = record_reference(runner, manifest, recorded_shapes(manifest), say)
     size = write_reference(directory, reference)
