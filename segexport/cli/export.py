@@ -173,25 +173,25 @@ def _own_model(own: dict[str, Any], params: dict[str, Any], max_rel_l2: float) -
     from segexport.errors import SegexportError
 
     classes = [c.strip() for c in own["classes"].split(",")] if own["classes"] else None
+    # What both doors take alike (an ONNX file, a factory's module).
+    shared: dict[str, Any] = {
+        "size": params["size"],
+        "classes": classes,
+        "mean": own["mean"],
+        "std": own["std"],
+        "out": params["out_dir"],
+        "force": params["force"],
+        "max_rel_l2": max_rel_l2,
+        "threads": params["threads"],
+        "progress": progress,
+        "input_format": params["input_format"],
+    }
     if own["from_onnx"] is not None:
         from segexport.export.adopt import adopt_onnx
 
         if params["model"] or params["weights"]:
             raise SegexportError("--from-onnx takes no --model or --weights: the ONNX file is the model")
-        return adopt_onnx(
-            own["from_onnx"],
-            classes=classes,
-            mean=own["mean"],
-            std=own["std"],
-            output_key=own["output_key"],
-            size=params["size"],
-            out_dir=params["out_dir"],
-            force=params["force"],
-            max_rel_l2=max_rel_l2,
-            threads=params["threads"],
-            progress=progress,
-            input_format=params["input_format"],
-        )
+        return adopt_onnx(own["from_onnx"], output_key=own["output_key"], **shared)
     from segexport.export import export
     from segexport.sources.factory import build_from_factory, load_user_weights
 
@@ -205,12 +205,8 @@ def _own_model(own: dict[str, Any], params: dict[str, Any], max_rel_l2: float) -
     key = own["output_key"]
     return export(
         module,
-        size=params["size"],
-        classes=classes,
+        **shared,
         num_classes=params["num_classes"],
-        mean=own["mean"],
-        std=own["std"],
-        out=params["out_dir"],
         min_size=params["min_size"],
         max_size=params["max_size"],
         max_batch=params["max_batch"] or 16,
@@ -220,11 +216,6 @@ def _own_model(own: dict[str, Any], params: dict[str, Any], max_rel_l2: float) -
         stride=own["stride"],
         opset=params["opset"],
         head=params["head"],
-        input_format=params["input_format"],
-        max_rel_l2=max_rel_l2,
-        force=params["force"],
-        threads=params["threads"],
-        progress=progress,
         source=source,
     )
 
