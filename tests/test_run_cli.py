@@ -158,3 +158,20 @@ def test_examples_run_on_a_video_file(small_artifact: Path, tmp_path: Path, exam
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "4 masks" in result.stdout or "4 frames" in result.stdout, result.stdout
+
+
+def test_colorize_and_overlay_match_their_definitions() -> None:
+    """The fast paths (np.take, weights per class) give exactly the arithmetic the docstrings
+    state: palette[id % len(palette)], and image*(1-w) + colour*w rounded, w = 0 for black."""
+    from segexport.runtime.media import colorize, default_palette, overlay
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    for palette in (None, default_palette()[:5]):
+        rows = default_palette() if palette is None else palette
+        for ids in (rng.integers(0, 300, (13, 17)), rng.integers(0, 256, (13, 17)).astype(np.uint8)):
+            expected = rows[ids.astype(np.int64) % len(rows)]
+            np.testing.assert_array_equal(colorize(ids, palette), expected)
+            weight = np.where(expected.any(axis=2, keepdims=True), np.float32(0.3), np.float32(0.0))
+            blended = image.astype(np.float32) * (1 - weight) + expected.astype(np.float32) * weight
+            np.testing.assert_array_equal(overlay(image, ids, 0.3, palette), (blended + 0.5).astype(np.uint8))
