@@ -101,6 +101,17 @@ def test_the_preprocessing_table_for_raw_frames() -> None:
         preprocess_for(FRAMES, frames.astype(np.float32))
 
 
+def test_preprocess_is_the_formula_step_by_step() -> None:
+    """The in-place float path gives exactly `(x * scale - mean) / std` of the NCHW view."""
+    frames = np.random.default_rng(6).integers(0, 256, size=(2, 9, 14, 3), dtype=np.uint8)
+    mean = np.asarray(MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    expected = (frames.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255) - mean) / std
+    actual = preprocess(frames, MEAN, STD)
+    assert actual.flags.c_contiguous and actual.dtype == np.float32
+    np.testing.assert_array_equal(actual, expected)
+
+
 def test_a_manifest_with_an_unknown_input_format_is_refused(small_artifact: Path) -> None:
     manifest = json.loads((small_artifact / "manifest.json").read_text())
     manifest["preprocessing"]["input_format"] = "yuv420"
