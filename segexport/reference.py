@@ -23,7 +23,7 @@ from segexport.runtime import Runner
 from segexport.runtime.artifacts import sha256_file
 from segexport.runtime.files import FP32_ONNX
 from segexport.runtime.judge import compare_on_feeds
-from segexport.runtime.preprocessing import input_format, normalise_for
+from segexport.runtime.preprocessing import input_format, normalise_for, takes_raw_frames
 from segexport.runtime.runners import open_onnx_runner
 from segexport.shapes import InputShape
 from segexport.sources import OutputChoice, ScoresAdapter, build_from_factory, load_user_weights
@@ -209,7 +209,7 @@ def frames_reference(runner: Runner, manifest: dict[str, Any]) -> Runner:
     """`runner` as the reference of this artifact: wrapped in a FramesRunner where the artifact
     takes raw frames and the runner is the float network."""
     prep = manifest.get("preprocessing")
-    if prep is None or input_format(prep) != "uint8-nhwc":
+    if prep is None or not takes_raw_frames(prep):
         return runner
     return FramesRunner(runner, prep)
 

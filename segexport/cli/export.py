@@ -19,6 +19,7 @@ from segexport.cli.options import (
     threads_option,
     weights_option,
 )
+from segexport.runtime.preprocessing import DEFAULT_INPUT_FORMAT, INPUT_FORMATS
 
 
 def _triple(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -88,8 +89,8 @@ def _triple(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 )
 @click.option(
     "--input-format",
-    type=click.Choice(["float-nchw", "uint8-nhwc"]),
-    default="float-nchw",
+    type=click.Choice(list(INPUT_FORMATS)),
+    default=DEFAULT_INPUT_FORMAT,
     show_default=True,
     help="What the graph takes: normalised float NCHW, or raw RGB uint8 frames [N, H, W, 3] "
     "normalised inside the graph (a quarter of the bytes to upload; the runtime feeds frames).",

@@ -28,6 +28,7 @@ from segexport.importers import Preprocessing
 from segexport.reference import verify_runners
 from segexport.runtime import OnnxRuntimeRunner
 from segexport.runtime.artifacts import describe_files, staged_directory, write_json_atomic
+from segexport.runtime.preprocessing import DEFAULT_INPUT_FORMAT, graph_normalises
 from segexport.shapes import InputShape
 from segexport.sources.adapter import STRIDES
 from segexport.zoo.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
@@ -129,7 +130,7 @@ def adopt_onnx(
     max_rel_l2: float = 1e-4,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
-    input_format: str = "float-nchw",
+    input_format: str = DEFAULT_INPUT_FORMAT,
 ) -> dict[str, Any]:
     """Adopt `path` as an artifact (see the module's docstring); returns the manifest."""
     say = progress or (lambda _message: None)
@@ -226,12 +227,13 @@ def adopt_onnx(
             request.tolerance,
             progress=lambda m: say(f"      {m}"),
         )
-        if report.passed and input_format == "uint8-nhwc":
+        frames = None
+        if report.passed and graph_normalises(input_format):
             say("taking raw frames (uint8 NHWC, normalised in the graph)")
             simplified, frames = take_raw_frames_checked(plan, request, simplified, staging / MODEL_FILE)
         seconds = {"total": round(time.perf_counter() - started, 2)}
         manifest = _manifest(plan, request, simplified, proto, note, report, seconds)
-        if report.passed and input_format == "uint8-nhwc":
+        if frames is not None:  # the raw-frame graph against the adopted graph it wraps
             manifest["verification"]["frames"] = frames.to_dict()
         manifest["onnx"]["exporter"] = f"adopted ({path.name})"
         if not report.passed:

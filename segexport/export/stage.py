@@ -39,7 +39,7 @@ from segexport.runtime.artifacts import (
     write_json_atomic,
 )
 from segexport.runtime.files import REFERENCE_FILE
-from segexport.runtime.preprocessing import INPUT_FORMATS
+from segexport.runtime.preprocessing import INPUT_FORMATS, graph_normalises
 from segexport.runtime.recorded import write_reference
 from segexport.weights import load_weights
 from segexport.zoo.registry import ModelSpec, create_model
@@ -125,7 +125,7 @@ def export_onnx(request: ExportRequest, progress: Progress | None = None) -> dic
             progress=lambda message: say(f"      {message}"),
         )
         frames_report = None
-        if report.passed and request.input_format == "uint8-nhwc":
+        if report.passed and graph_normalises(request.input_format):
             say(
                 f"      taking raw frames (uint8 NHWC, normalised in the graph), "
                 f"checked at {len(plan.verify_shapes)} shapes"
@@ -258,7 +258,7 @@ def _preprocessing_record(plan: ExportPlan, input_format: str) -> dict[str, Any]
         "mean": list(prep.mean),
         "std": list(prep.std),
         "formula": "(pixel * scale - mean) / std"
-        + (", inside the graph" if INPUT_FORMATS[input_format]["normalised_in_graph"] else ""),
+        + (", inside the graph" if graph_normalises(input_format) else ""),
     }
 
 

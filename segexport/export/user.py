@@ -19,6 +19,7 @@ from segexport.errors import SegexportError
 from segexport.export.plan import DEFAULT_OPSET, ExportRequest
 from segexport.export.stage import export_onnx
 from segexport.importers import Preprocessing
+from segexport.runtime.preprocessing import DEFAULT_INPUT_FORMAT
 from segexport.sources import ScoresAdapter, probe_module
 from segexport.sources.factory import state_digest
 from segexport.zoo.registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
@@ -82,7 +83,7 @@ def export(
     stride: int | None = None,
     opset: int = DEFAULT_OPSET,
     head: str = "logits",
-    input_format: str = "float-nchw",
+    input_format: str = DEFAULT_INPUT_FORMAT,
     max_rel_l2: float = 1e-4,
     force: bool = False,
     threads: int | None = None,

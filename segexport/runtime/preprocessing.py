@@ -44,14 +44,19 @@ def preprocess(
 
 
 # What an artifact's image input takes (the manifest's `preprocessing.input_format`), one row per
-# format: the layout, the element type, and whether the graph normalises inside. `uint8-nhwc`
-# (`segexport onnx --input-format uint8-nhwc`) takes raw RGB frames: a GPU runner uploads a
-# quarter of the bytes and the host does no float conversion.
+# format: the layout, and whether the graph normalises inside (then it takes the uint8 frames
+# themselves). `uint8-nhwc` (`segexport onnx --input-format uint8-nhwc`) takes raw RGB frames: a
+# GPU runner uploads a quarter of the bytes and the host does no float conversion.
 INPUT_FORMATS: dict[str, dict[str, Any]] = {
-    "float-nchw": {"layout": "NCHW", "dtype": "float32", "normalised_in_graph": False},
-    "uint8-nhwc": {"layout": "NHWC", "dtype": "uint8", "normalised_in_graph": True},
+    "float-nchw": {"layout": "NCHW", "normalised_in_graph": False},
+    "uint8-nhwc": {"layout": "NHWC", "normalised_in_graph": True},
 }
 DEFAULT_INPUT_FORMAT = "float-nchw"
+
+
+def graph_normalises(name: str) -> bool:
+    """Whether a graph of this input format takes raw uint8 frames and normalises them itself."""
+    return bool(INPUT_FORMATS[name]["normalised_in_graph"])
 
 
 def input_format(preprocessing: Mapping[str, Any]) -> str:
@@ -59,12 +64,17 @@ def input_format(preprocessing: Mapping[str, Any]) -> str:
     return str(preprocessing.get("input_format", DEFAULT_INPUT_FORMAT))
 
 
+def takes_raw_frames(preprocessing: Mapping[str, Any]) -> bool:
+    """Whether the artifact's graph takes raw uint8 frames [N, H, W, 3] (and normalises inside)."""
+    return graph_normalises(input_format(preprocessing))
+
+
 def preprocess_for(preprocessing: Mapping[str, Any], images: np.ndarray) -> np.ndarray:
     """What the artifact's graph takes for RGB uint8 images, with its recorded settings (its
     manifest's `preprocessing` section, or the Triton ensemble's copy of it), so calibration,
     verify, bench, the runtime and Triton feed every graph the same way: normalised float32
     NCHW, or the frames themselves ([N, H, W, 3] uint8) where the graph normalises inside."""
-    if input_format(preprocessing) == "uint8-nhwc":
+    if takes_raw_frames(preprocessing):
         batch = images[None] if images.ndim == 3 else images
         if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
             raise SegexportError(
@@ -84,14 +94,14 @@ def input_shape(
     preprocessing: Mapping[str, Any], batch: int, size: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     """The graph input's shape for `batch` images of `size` (H, W): NCHW, or NHWC for raw frames."""
-    if input_format(preprocessing) == "uint8-nhwc":
+    if takes_raw_frames(preprocessing):
         return (batch, *size, 3)
     return (batch, 3, *size)
 
 
 def spatial_axes(preprocessing: Mapping[str, Any]) -> tuple[int, int]:
     """Where height and width sit in the graph input's shape (NCHW: 2, 3; NHWC: 1, 2)."""
-    return (1, 2) if input_format(preprocessing) == "uint8-nhwc" else (2, 3)
+    return (1, 2) if INPUT_FORMATS[input_format(preprocessing)]["layout"] == "NHWC" else (2, 3)
 
 
 def random_input(
@@ -100,14 +110,14 @@ def random_input(
     """Seeded random graph input when there are no images: N(0, 1) after normalisation, or
     uniformly random frames."""
     shape = input_shape(preprocessing, batch, size)
-    if input_format(preprocessing) == "uint8-nhwc":
+    if takes_raw_frames(preprocessing):
         return rng.integers(0, 256, size=shape, dtype=np.uint8)
     return rng.normal(size=shape).astype(np.float32)
 
 
 def to_pixels(preprocessing: Mapping[str, Any], tensor: np.ndarray) -> np.ndarray:
     """One image of the graph's input back to RGB uint8 [H, W, 3] (for pictures of what ran)."""
-    if input_format(preprocessing) == "uint8-nhwc":
+    if takes_raw_frames(preprocessing):
         return np.asarray(tensor, dtype=np.uint8)
     mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(3, 1, 1)
@@ -118,7 +128,7 @@ def to_pixels(preprocessing: Mapping[str, Any], tensor: np.ndarray) -> np.ndarra
 def pad_value(preprocessing: Mapping[str, Any]) -> np.ndarray:
     """What padding holds in the graph's input: 0 after normalisation (the mean colour), or for
     raw frames the mean colour rounded to whole pixel values (within half a grey level)."""
-    if input_format(preprocessing) == "uint8-nhwc":
+    if takes_raw_frames(preprocessing):
         mean = np.asarray(preprocessing["mean"], dtype=np.float64) / float(preprocessing["scale"])
         return np.clip(np.round(mean), 0, 255).astype(np.uint8)
     return np.zeros(3, dtype=np.float32)
@@ -126,7 +136,7 @@ def pad_value(preprocessing: Mapping[str, Any]) -> np.ndarray:
 
 def pad_input(preprocessing: Mapping[str, Any], tensor: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """One image's graph input ([3, h, w] or [h, w, 3]) padded at the bottom and right to `size`."""
-    nhwc = input_format(preprocessing) == "uint8-nhwc"
+    nhwc = takes_raw_frames(preprocessing)
     height, width = tensor.shape[:2] if nhwc else tensor.shape[1:]
     if (height, width) == size:
         return tensor

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from segexport.errors import SegexportError
+from segexport.runtime.preprocessing import DEFAULT_INPUT_FORMAT, graph_normalises
 from segexport.shapes import DynamicRange, InputShape
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,7 +46,7 @@ class ModelSpec:
     logits_outputs: tuple[str, ...] = field(default=())
     # What the artifact's image input takes (segexport.runtime.preprocessing.INPUT_FORMATS): the
     # network itself always reads float NCHW; `uint8-nhwc` artifacts normalise raw frames in-graph.
-    input_format: str = "float-nchw"
+    input_format: str = DEFAULT_INPUT_FORMAT
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -79,7 +80,7 @@ class ModelSpec:
         """Random inputs of one concrete shape, named as the exported graph names them."""
         if self.input_kind == "image":
             assert shape.height is not None and shape.width is not None
-            if self.input_format == "uint8-nhwc":  # raw frames: every grey level equally likely
+            if graph_normalises(self.input_format):  # raw frames: every grey level equally likely
                 size = (shape.batch, shape.height, shape.width, 3)
                 return {"image": torch.randint(0, 256, size, generator=generator, dtype=torch.uint8)}
             image = torch.randn(shape.batch, 3, shape.height, shape.width, generator=generator)
