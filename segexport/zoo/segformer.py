@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segexport.zoo.transformer import attend, merge_heads, split_heads, tokens_to_map
+from segexport.zoo.transformer import attend, map_to_tokens, merge_heads, split_heads, tokens_to_map
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         height, width = x.shape[2], x.shape[3]
-        return self.norm(x.flatten(2).transpose(1, 2)), height, width
+        return self.norm(map_to_tokens(x)), height, width
 
 
 class EfficientSelfAttention(nn.Module):
@@ -77,7 +77,7 @@ class EfficientSelfAttention(nn.Module):
         kv_tokens = x
         if self.sr_ratio > 1:
             reduced = self.sr(tokens_to_map(x, height, width))
-            kv_tokens = self.norm(reduced.flatten(2).transpose(1, 2))
+            kv_tokens = self.norm(map_to_tokens(reduced))
         k, v = self.kv(kv_tokens).chunk(2, dim=-1)
         out = attend(q, split_heads(k, self.num_heads), split_heads(v, self.num_heads))
         return self.proj(merge_heads(out))
@@ -93,7 +93,7 @@ class MixFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         x = self.fc1(x)
-        x = self.dwconv(tokens_to_map(x, height, width)).flatten(2).transpose(1, 2)
+        x = map_to_tokens(self.dwconv(tokens_to_map(x, height, width)))
         return self.fc2(self.act(x))
 
 
@@ -170,7 +170,7 @@ class MLPDecoder(nn.Module):
             if self.branch_norm:
                 mapped = linear(feature)
             else:
-                mapped = tokens_to_map(linear(feature.flatten(2).transpose(1, 2)), height, width)
+                mapped = tokens_to_map(linear(map_to_tokens(feature)), height, width)
             if mapped.shape[2:] != target:
                 mapped = F.interpolate(mapped, size=target, mode="bilinear", align_corners=False)
             fused.append(mapped)

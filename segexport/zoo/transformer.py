@@ -31,8 +31,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def tokens_to_map(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[B, H*W, C] -> [B, C, H, W]."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+    """[B, H*W, C] -> [B, C, H, W], as a reshape to channels-last and then one Transpose.
+
+    The same values as transposing first and reshaping, but the exported graph ends in a
+    plain NHWC -> NCHW Transpose, which ONNX Runtime cancels against the NCHW -> NHWC one it
+    puts before an integer (QLinearConv) convolution: no layout round trip per conv."""
+    return x.reshape(x.shape[0], height, width, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H*W, C], one Transpose to channels-last first (see tokens_to_map)."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 class Mlp(nn.Module):
