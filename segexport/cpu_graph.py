@@ -1,18 +1,43 @@
 """Rewrites of the FP32 graph that let ONNX Runtime's CPU kernels keep the `int8-cpu` graph integer.
 
-Hand-written, because ONNX Runtime's quantization tooling places Q/DQ around a ConvTranspose
-but its CPU provider has no integer ConvTranspose kernel: the pair is run as DequantizeLinear ->
-float ConvTranspose -> QuantizeLinear, a float island that also forces layout changes between
-the NHWC integer convolutions around it (the profile of unet-small: ConvTranspose 12 %,
-DequantizeLinear 12 %, Transpose 10 %). A ConvTranspose whose kernel equals its stride and
-that has no padding writes each output pixel from exactly one input pixel, so it is exactly a
-1x1 Conv to `stride_h * stride_w * C_out` channels followed by DepthToSpace: the Conv runs as
-QLinearConv and ONNX Runtime drops the Q/DQ around DepthToSpace (its uint8 kernel moves bytes).
-The TensorRT graph keeps the ConvTranspose: TensorRT runs it in INT8.
+Each one is exact or changes only where Q/DQ scales come from; the scheme lists which it takes
+(`Int8Scheme.graph_rewrites`, names from `GRAPH_REWRITES`) and `rewrite` applies them in order.
+The TensorRT graph takes none of them: TensorRT fuses and runs these patterns itself.
+
+- `depth-to-space` (hand-written: ONNX Runtime's quantization tooling places Q/DQ around a
+  ConvTranspose but its CPU provider has no integer ConvTranspose kernel, so the pair ran as
+  DequantizeLinear -> float ConvTranspose -> QuantizeLinear, a float island that also forced
+  layout changes between the NHWC integer convolutions around it; unet-small's profile:
+  ConvTranspose 12 %, DequantizeLinear 12 %, Transpose 10 %). A ConvTranspose whose kernel
+  equals its stride and that has no padding writes each output pixel from exactly one input
+  pixel, so it is exactly a 1x1 Conv to `stride_h * stride_w * C_out` channels followed by
+  DepthToSpace: the Conv runs as QLinearConv and ONNX Runtime drops the Q/DQ around
+  DepthToSpace (its uint8 kernel moves bytes).
+- `fused-gelu` (ONNX Runtime's own transformer fusion, `onnxruntime.transformers.FusionGelu`):
+  exporters write GELU as Div -> Erf -> Add -> Mul -> Mul, reading its input twice. ONNX
+  Runtime fuses that into one Gelu kernel when the graph is float, but in the Q/DQ graph each
+  reader gets its own DequantizeLinear and the fusion no longer matches: five float passes and
+  two DequantizeLinear per GELU (segformer-b0's Mix-FFN: 5 ms of 76 at 512x512). Fused before
+  quantization, the Gelu reads one DequantizeLinear.
+- `shared-concat-scales`: a Concat whose inputs have different scales runs as QLinearConcat
+  re-quantizing every input; with one scale for the inputs and the output it copies bytes
+  (segformer-b0's decoder Concat of four 256-channel maps: 75.0 -> 70.6 ms per 512x512 frame,
+  agreement unchanged). The inputs' calibration ranges, and those of the data-movement ops
+  that carry each input there (which share their input's scale), widen to the union.
+
+One rewrite of the Q/DQ graph itself, applied to the graph the sensitivity fallback chose
+(`Int8Scheme.qdq_rewrites`, names from `QDQ_REWRITES`):
+- `matmul-bias-in-kernel` (hand-written: ONNX Runtime turns DQ -> MatMul into its
+  MatMulIntegerToFloat kernel but leaves the Linear's bias Add after it, a float pass over
+  every token; the kernel takes the bias as its seventh input). Written out as that kernel,
+  the bias is added while the result is converted: the same values up to float rounding
+  (segformer-b0: the same logits bit for bit), and segformer-b0's 34 Linear layers at
+  512x512 take 66.1 -> 62.1 ms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,3 +126,190 @@ def _add(model: onnx.ModelProto, name: str, array: np.ndarray) -> str:
         numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name)
     )
     return name
+
+
+def fused_gelu(model: onnx.ModelProto, ranges: Ranges) -> tuple[onnx.ModelProto, Ranges]:
+    """A copy of `model` with each exported GELU (Div/Mul -> Erf -> Add -> Mul -> Mul) as one
+    com.microsoft Gelu; the ranges are unchanged (the Gelu writes the last Mul's tensor)."""
+    from onnxruntime.transformers.fusion_gelu import FusionGelu
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    wrapped = OnnxModel(onnx.ModelProto.FromString(model.SerializeToString()))
+    FusionGelu(wrapped).apply()
+    wrapped.prune_graph(outputs=[output.name for output in model.graph.output])
+    fused = wrapped.model
+    if any(node.domain == MICROSOFT_DOMAIN for node in fused.graph.node) and not any(
+        opset.domain == MICROSOFT_DOMAIN for opset in fused.opset_import
+    ):
+        fused.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
+    return fused, ranges
+
+
+MICROSOFT_DOMAIN = "com.microsoft"
+
+# Ops that move or resample values without changing their range, and whose output the
+# quantizer gives its input's scale: a Concat input reached through them shares that scale.
+SCALE_CARRIERS = frozenset(
+    {
+        "Resize",
+        "Transpose",
+        "Reshape",
+        "MaxPool",
+        "DepthToSpace",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Identity",
+    }
+)
+
+
+def shared_concat_ranges(model: onnx.ModelProto, ranges: Ranges) -> tuple[onnx.ModelProto, Ranges]:
+    """The ranges with every calibrated Concat's inputs, output and the tensors that carry each
+    input from its producer (through `SCALE_CARRIERS`) widened to their union; the graph as is.
+    A Concat stays as it was where the union would undo a folded Relu or Clip."""
+    producer = {output: node for node in model.graph.node for output in node.output}
+    ranges = dict(ranges)
+    for node in model.graph.node:
+        inputs = [name for name in node.input if name]
+        if node.op_type != "Concat" or node.output[0] not in ranges or not all(n in ranges for n in inputs):
+            continue
+        group = {node.output[0]}
+        for name in inputs:
+            while name in ranges and name not in group:
+                group.add(name)
+                upstream = producer.get(name)
+                if upstream is None or upstream.op_type not in SCALE_CARRIERS:
+                    break
+                name = upstream.input[0]
+        low = min(ranges[name][0] for name in group)
+        high = max(ranges[name][1] for name in group)
+        if any(_loses_clamp(producer.get(name), ranges[name], (low, high)) for name in group):
+            continue
+        ranges.update({name: (low, high) for name in group})
+    return model, ranges
+
+
+def _loses_clamp(node: onnx.NodeProto | None, own: tuple[float, float], union: tuple[float, float]) -> bool:
+    """Whether widening a Relu's or Clip's output to `union` would drop the clamp: the scheme
+    folds those activations into the producer's Q, whose range then is the only clamp left
+    (a UNet's skip Concat of a Relu map and a signed upsampled map broke agreement to 47 %)."""
+    if node is None or node.op_type not in ("Relu", "Clip"):
+        return False
+    return union[0] < own[0] or (node.op_type == "Clip" and union[1] > own[1])
+
+
+Rewrite = Callable[[onnx.ModelProto, Ranges], tuple[onnx.ModelProto, Ranges]]
+
+# One table: the rewrites a scheme may name, in the order `rewrite` applies them.
+GRAPH_REWRITES: dict[str, Rewrite] = {
+    "depth-to-space": convtranspose_as_depth_to_space,
+    "fused-gelu": fused_gelu,
+    "shared-concat-scales": shared_concat_ranges,
+}
+
+
+def rewrite(model: onnx.ModelProto, ranges: Ranges, names: tuple[str, ...]) -> tuple[onnx.ModelProto, Ranges]:
+    """`model` and its calibration ranges after the named rewrites, in `GRAPH_REWRITES` order."""
+    _refuse_unknown(names, GRAPH_REWRITES, "graph rewrites")
+    for name, apply in GRAPH_REWRITES.items():
+        if name in names:
+            model, ranges = apply(model, ranges)
+    return model, ranges
+
+
+def _initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+
+def _bias_of(add: onnx.NodeProto, product: str, arrays: dict[str, np.ndarray], columns: int) -> str | None:
+    """The Add's other input when it is a constant [columns] vector, else None."""
+    others = [name for name in add.input if name != product]
+    if len(others) != 1 or others[0] not in arrays:
+        return None
+    return others[0] if arrays[others[0]].shape == (columns,) else None
+
+
+def matmul_bias_in_kernel(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the Q/DQ `model` with each DQ(activation) x DQ(constant 2-D weight) -> MatMul ->
+    Add(constant bias) written as one com.microsoft MatMulIntegerToFloat with its bias input.
+    Only per-tensor activation scales and per-tensor or per-column weight scales qualify (what
+    the kernel takes); DequantizeLinear nodes left unread are dropped."""
+    rewritten = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = rewritten.graph
+    arrays = _initializer_arrays(rewritten)
+    producer = {output: node for node in graph.node for output in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    replaced: dict[int, onnx.NodeProto] = {}  # id(Add) -> the fused node taking its place
+    dropped: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "MatMul" or len(readers.get(node.output[0], [])) != 1:
+            continue
+        add = readers[node.output[0]][0]
+        activation, weight = (producer.get(name) for name in node.input)
+        if add.op_type != "Add" or activation is None or weight is None:
+            continue
+        if activation.op_type != "DequantizeLinear" or weight.op_type != "DequantizeLinear":
+            continue
+        quantized_weight = arrays.get(weight.input[0])
+        if quantized_weight is None or quantized_weight.ndim != 2:
+            continue
+        columns = quantized_weight.shape[1]
+        weight_scale = arrays.get(weight.input[1])
+        activation_scale = arrays.get(activation.input[1])
+        bias = _bias_of(add, node.output[0], arrays, columns)
+        if (
+            bias is None
+            or weight_scale is None
+            or activation_scale is None
+            or activation_scale.size != 1
+            or weight_scale.shape not in ((), (1,), (columns,))
+            or _attributes(weight).get("axis", 1) not in (1, -1)
+        ):
+            continue
+        zero = [
+            activation.input[2] if len(activation.input) > 2 else "",
+            weight.input[2] if len(weight.input) > 2 else "",
+        ]
+        replaced[id(add)] = onnx.helper.make_node(
+            "MatMulIntegerToFloat",
+            [activation.input[0], weight.input[0], activation.input[1], weight.input[1], *zero, bias],
+            list(add.output),
+            name=f"{node.name}.with_bias",
+            domain=MICROSOFT_DOMAIN,
+        )
+        dropped.add(id(node))
+    if not replaced:
+        return rewritten
+    nodes = [replaced.get(id(node), node) for node in graph.node if id(node) not in dropped]
+    read = {name for node in nodes for name in node.input} | {output.name for output in graph.output}
+    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(opset.domain == MICROSOFT_DOMAIN for opset in rewritten.opset_import):
+        rewritten.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
+    return rewritten
+
+
+# The rewrites of the Q/DQ graph a scheme may name (`rewrite_qdq` applies them in this order).
+QDQ_REWRITES: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
+    "matmul-bias-in-kernel": matmul_bias_in_kernel,
+}
+
+
+def rewrite_qdq(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
+    """The Q/DQ `model` after the named rewrites, in `QDQ_REWRITES` order."""
+    _refuse_unknown(names, QDQ_REWRITES, "Q/DQ rewrites")
+    for name, apply in QDQ_REWRITES.items():
+        if name in names:
+            model = apply(model)
+    return model
+
+
+def _refuse_unknown(names: tuple[str, ...], table: dict[str, Any], what: str) -> None:
+    unknown = sorted(set(names) - set(table))
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {sorted(table)}")

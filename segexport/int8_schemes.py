@@ -32,8 +32,10 @@ class Int8Scheme:
     # Quantize the data-movement ops in `ops` (Transpose, Resize, MaxPool, ...) even where their
     # input is float (ORT's ForceQuantizeNoInputCheck), so they move UINT8 instead of FP32.
     force_pass_through: bool = False
-    # Rewrite stride-sized ConvTransposes as 1x1 Conv + DepthToSpace first (segexport.cpu_graph).
-    depth_to_space: bool = False
+    # Rewrites of the FP32 graph before Q/DQ goes in (names in segexport.cpu_graph.GRAPH_REWRITES).
+    graph_rewrites: tuple[str, ...] = ()
+    # Rewrites of the chosen Q/DQ graph into fused kernels (names in segexport.cpu_graph.QDQ_REWRITES).
+    qdq_rewrites: tuple[str, ...] = ()
 
     @property
     def compute_ops(self) -> tuple[str, ...]:
@@ -48,8 +50,10 @@ INT8_SCHEMES = {
     # zero point and hit the U8S8 (VNNI) kernels. MatMul is quantized with float outputs: ONNX
     # Runtime fuses DQ -> MatMul into MatMulIntegerToFloat, and the attention Softmax then reads
     # float (a quantized MatMul output made it a QLinearSoftmax, 17 % of segformer-b0's time).
-    # ConvTranspose becomes Conv + DepthToSpace (no integer ConvTranspose kernel on the CPU), and
-    # the data-movement ops between integer ops take Q/DQ so that they move UINT8. Relu and Clip
+    # ConvTranspose becomes Conv + DepthToSpace (no integer ConvTranspose kernel on the CPU), GELU
+    # one fused kernel, Concat inputs one scale, a Linear's bias inside its integer MatMul
+    # (segexport.cpu_graph), and the data-movement ops between integer ops take Q/DQ so that
+    # they move UINT8. Relu and Clip
     # are listed so that the tooling folds them into the producer's Q (its QDQRemovableActivation:
     # the Conv's output takes the activation's range); unlisted, each Conv -> Relu pair ran as
     # Q -> DQ -> Relu -> Q, a requantisation per layer (unet-small 1.48x -> 1.76x FP32,
@@ -59,7 +63,8 @@ INT8_SCHEMES = {
         ("Conv", "MatMul", "Concat", "MaxPool", "Resize", "Transpose", "DepthToSpace", "Relu", "Clip"),
         "ONNX Runtime on x86 CPUs (asymmetric UINT8)",
         float_outputs=("MatMul",),
-        depth_to_space=True,
+        graph_rewrites=("depth-to-space", "fused-gelu", "shared-concat-scales"),
+        qdq_rewrites=("matmul-bias-in-kernel",),
     ),
 }
 

@@ -326,8 +326,8 @@ def _int8(
     cpu_isa = resolve_cpu_isa(request.cpu_isa)
     scheme = _scheme(name, cpu_isa)
     say(f"quantizing {name}: {scheme.purpose}")
-    if scheme.depth_to_space:  # the CPU graph's rewrite; every later step sees the rewritten graph
-        fp32, ranges = cpu_graph.convtranspose_as_depth_to_space(fp32, calibration.ranges)
+    if scheme.graph_rewrites:  # the CPU graph's rewrites; every later step sees the rewritten graph
+        fp32, ranges = cpu_graph.rewrite(fp32, calibration.ranges, scheme.graph_rewrites)
         calibration = dataclasses.replace(calibration, ranges=ranges)
     plain = precision.to_int8(fp32, calibration, scheme=scheme)
     int8 = plain
@@ -359,6 +359,9 @@ def _int8(
             if measured["agreement"] >= request.min_agreement or not more:
                 break
             kept.append(more.pop(0))
+    if scheme.qdq_rewrites:  # on the chosen graph (the fallback reads the plain Q/DQ form), then re-measured
+        int8 = cpu_graph.rewrite_qdq(int8, scheme.qdq_rewrites)
+        measured = measure(_runner(int8, name, request.threads), evalset, request.threads)
     onnx.save(int8, str(workdir / onnx_file_name(name)))
     chosen = {s.node: s for s in sensitivities if s.node in kept}
     total_cost = sum(s.cost for s in sensitivities) or 1
@@ -369,6 +372,8 @@ def _int8(
             "unsigned_activations": scheme.unsigned_activations,
             "quantized_ops": list(scheme.ops),
             "reduce_range": scheme.reduce_range,
+            "graph_rewrites": list(scheme.graph_rewrites),
+            "qdq_rewrites": list(scheme.qdq_rewrites),
         },
         "calibration": {
             "source": request.calib,
