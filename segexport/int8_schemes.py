@@ -63,7 +63,7 @@ INT8_SCHEMES = {
         ("Conv", "MatMul", "Concat", "MaxPool", "Resize", "Transpose", "DepthToSpace", "Relu", "Clip"),
         "ONNX Runtime on x86 CPUs (asymmetric UINT8)",
         float_outputs=("MatMul",),
-        graph_rewrites=("depth-to-space", "fused-gelu", "shared-concat-scales"),
+        graph_rewrites=("depth-to-space", "channels-last-tokens", "fused-gelu", "shared-concat-scales"),
         qdq_rewrites=("matmul-bias-in-kernel",),
     ),
 }
