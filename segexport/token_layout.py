@@ -105,6 +105,49 @@ class _Edit:
         return name, [onnx.helper.make_node("Gather", [shape, indices], [name], name=name, axis=0)]
 
 
+def _tokens_to_map(edit: _Edit, transpose: onnx.NodeProto, reshape: onnx.NodeProto, ranges: Ranges) -> None:
+    """Transpose(0,2,1) -> Reshape to [B, C, H, W]  =>  Reshape to [B, H, W, C] -> Transpose(0,3,1,2)."""
+    permuted = edit.permuted_shape(reshape, TOKENS_TO_MAP)
+    if permuted is None:
+        return
+    shape, gather = permuted
+    nhwc = f"{reshape.output[0]}.nhwc"
+    edit.replacements[id(transpose)] = []
+    edit.replacements[id(reshape)] = [
+        *gather,
+        onnx.helper.make_node(
+            "Reshape", [transpose.input[0], shape], [nhwc], name=f"{reshape.name}.nhwc", allowzero=1
+        ),
+        onnx.helper.make_node(
+            "Transpose", [nhwc], list(reshape.output), name=reshape.name, perm=[0, 3, 1, 2]
+        ),
+    ]
+    if reshape.output[0] in ranges:
+        ranges[nhwc] = ranges[reshape.output[0]]
+
+
+def _map_to_tokens(edit: _Edit, reshape: onnx.NodeProto, transpose: onnx.NodeProto, ranges: Ranges) -> None:
+    """Reshape to [B, C, N] -> Transpose(0,2,1)  =>  Transpose(0,2,3,1) -> Reshape to [B, N, C]."""
+    permuted = edit.permuted_shape(reshape, MAP_TO_TOKENS)
+    if permuted is None:
+        return
+    shape, gather = permuted
+    nhwc = f"{reshape.input[0]}.nhwc.{reshape.name}"
+    edit.replacements[id(reshape)] = [
+        onnx.helper.make_node(
+            "Transpose", [reshape.input[0]], [nhwc], name=f"{reshape.name}.nhwc", perm=[0, 2, 3, 1]
+        ),
+        *gather,
+    ]
+    edit.replacements[id(transpose)] = [
+        onnx.helper.make_node(
+            "Reshape", [nhwc, shape], list(transpose.output), name=transpose.name, allowzero=1
+        )
+    ]
+    if reshape.input[0] in ranges:
+        ranges[nhwc] = ranges[reshape.input[0]]
+
+
 def channels_last_tokens(model: onnx.ModelProto, ranges: Ranges) -> tuple[onnx.ModelProto, Ranges]:
     """A copy of `model` with each tokens -> map conversion (Transpose(0,2,1) -> Reshape to
     [B, C, H, W]) written as Reshape to [B, H, W, C] -> Transpose(0,3,1,2), and each map ->
@@ -121,12 +164,11 @@ def channels_last_tokens(model: onnx.ModelProto, ranges: Ranges) -> tuple[onnx.M
         for name in node.input:
             readers.setdefault(name, []).append(node)
     edit = _Edit(rewritten)
-    make = onnx.helper.make_node
     for reshape in [n for n in rewritten.graph.node if n.op_type == "Reshape"]:
         before = producer.get(reshape.input[0])
         after = readers.get(reshape.output[0], [])
         source, target = dims.get(reshape.input[0]), dims.get(reshape.output[0])
-        if any(id(node) in edit.replacements for node in [reshape, *after] + ([before] if before else [])):
+        if any(id(node) in edit.replacements for node in [reshape, *after, *([before] if before else [])]):
             continue  # already part of a rewritten pair
         if (
             before is not None
@@ -134,38 +176,13 @@ def channels_last_tokens(model: onnx.ModelProto, ranges: Ranges) -> tuple[onnx.M
             and len(readers[before.output[0]]) == 1
             and _keeps_batch_and_channels(source, target, (3, 4))
         ):
-            permuted = edit.permuted_shape(reshape, TOKENS_TO_MAP)
-            if permuted is None:
-                continue
-            shape, gather = permuted
-            nhwc = f"{reshape.output[0]}.nhwc"
-            edit.replacements[id(before)] = []
-            edit.replacements[id(reshape)] = [
-                *gather,
-                make("Reshape", [before.input[0], shape], [nhwc], name=f"{reshape.name}.nhwc", allowzero=1),
-                make("Transpose", [nhwc], list(reshape.output), name=reshape.name, perm=[0, 3, 1, 2]),
-            ]
-            if reshape.output[0] in ranges:
-                ranges[nhwc] = ranges[reshape.output[0]]
+            _tokens_to_map(edit, before, reshape, ranges)
         elif (
             len(after) == 1
             and _is_token_transpose(after[0])
             and _keeps_batch_and_channels(source, target, (4, 3))
         ):
-            permuted = edit.permuted_shape(reshape, MAP_TO_TOKENS)
-            if permuted is None:
-                continue
-            shape, gather = permuted
-            nhwc = f"{reshape.input[0]}.nhwc.{reshape.name}"
-            edit.replacements[id(reshape)] = [
-                make("Transpose", [reshape.input[0]], [nhwc], name=f"{reshape.name}.nhwc", perm=[0, 2, 3, 1]),
-                *gather,
-            ]
-            edit.replacements[id(after[0])] = [
-                make("Reshape", [nhwc, shape], list(after[0].output), name=after[0].name, allowzero=1)
-            ]
-            if reshape.input[0] in ranges:
-                ranges[nhwc] = ranges[reshape.input[0]]
+            _map_to_tokens(edit, reshape, after[0], ranges)
     if edit.replacements:
         nodes = [new for node in rewritten.graph.node for new in edit.replacements.get(id(node), [node])]
         del rewritten.graph.node[:]
