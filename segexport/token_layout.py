@@ -44,6 +44,18 @@ def declared_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     return dims
 
 
+def known_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
+    """The declared dims, completed by ONNX shape inference (with data propagation, so that
+    a shape computed from Shape ops is followed) where the graph declares none: graphs from
+    older exporters carry no value_info. Inference that fails leaves the declared dims."""
+    declared = declared_dims(model)
+    try:
+        inferred = declared_dims(onnx.shape_inference.infer_shapes(model, data_prop=True))
+    except Exception:  # onnx raises several types here (>2 GB, unknown domains, bad graphs)
+        return declared
+    return {**inferred, **declared}
+
+
 def _keeps_batch_and_channels(
     source: list[Dim] | None, target: list[Dim] | None, ranks: tuple[int, int]
 ) -> bool:
@@ -157,7 +169,7 @@ def channels_last_tokens(model: onnx.ModelProto, ranges: Ranges) -> tuple[onnx.M
     holding the same values."""
     rewritten = onnx.ModelProto.FromString(model.SerializeToString())
     ranges = dict(ranges)
-    dims = declared_dims(rewritten)
+    dims = known_dims(rewritten)
     producer = {output: node for node in rewritten.graph.node for output in node.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in rewritten.graph.node:

@@ -145,3 +145,12 @@ def test_the_int8_cpu_graph_runs_fewer_layout_transposes(tmp_path: Path) -> None
     np.testing.assert_allclose(
         _run(with_rewrite, x), _run(without, x), rtol=0.05, atol=0.05 * np.abs(_run(model, x)).max()
     )
+
+
+def test_a_graph_without_declared_dims_is_rewritten_from_inferred_ones() -> None:
+    model = _mix_ffn([1, CHANNELS, HEIGHT, WIDTH])
+    del model.graph.value_info[:]  # older exporters write none
+    rewritten, _ = channels_last_tokens(model, {})
+    assert _ops(rewritten) == ["Reshape", "Transpose", "Conv", "Transpose", "Reshape", "MatMul", "Relu"]
+    x = _tokens()
+    np.testing.assert_array_equal(_run(rewritten, x), _run(model, x))
