@@ -10,14 +10,16 @@ The TensorRT graph takes none of them: TensorRT fuses and runs these patterns it
   layout changes between the NHWC integer convolutions around it; unet-small's profile:
   ConvTranspose 12 %, DequantizeLinear 12 %, Transpose 10 %). A ConvTranspose whose kernel
   equals its stride and that has no padding writes each output pixel from exactly one input
-  pixel, so it is exactly a 1x1 Conv to `stride_h * stride_w * C_out` channels followed by
-  DepthToSpace: the Conv runs as QLinearConv and ONNX Runtime drops the Q/DQ around
-  DepthToSpace (its uint8 kernel moves bytes).
+  pixel, so it is exactly a 1x1 Conv to `stride_h * stride_w * C_out` channels followed by a
+  depth-to-space: the Conv runs as QLinearConv, and the depth-to-space is written channels-last
+  (Transposes and Reshapes on uint8, see `_depth_to_space_channels_last`) so that it sits
+  between NHWC convolutions without layout changes (unet-small INT8-CPU, one script: ONNX's
+  DepthToSpace 78.4 ms, channels-last 70.9 ms).
 - `fused-gelu` (ONNX Runtime's own transformer fusion, `onnxruntime.transformers.FusionGelu`):
   exporters write GELU as Div -> Erf -> Add -> Mul -> Mul, reading its input twice. ONNX
-  Runtime fuses that into one Gelu kernel when the graph is float, but in the Q/DQ graph each
-  reader gets its own DequantizeLinear and the fusion no longer matches: five float passes and
-  two DequantizeLinear per GELU (segformer-b0's Mix-FFN: 5 ms of 76 at 512x512). Fused before
+  Runtime 1.32's session-time fusion does not match this form (not even in a float graph), and
+  in the Q/DQ graph each reader gets its own DequantizeLinear: five float passes and two
+  DequantizeLinear per GELU (segformer-b0's Mix-FFN: 5 ms of 76 at 512x512). Fused before
   quantization, the Gelu reads one DequantizeLinear.
 - `channels-last-tokens` (hand-written: a layout fact ONNX Runtime's transpose optimizer cannot
   see through a Reshape). Transformers with convolutions on their tokens (SegFormer's Mix-FFN
@@ -34,7 +36,7 @@ The TensorRT graph takes none of them: TensorRT fuses and runs these patterns it
   agreement unchanged). The inputs' calibration ranges, and those of the data-movement ops
   that carry each input there (which share their input's scale), widen to the union.
 
-One rewrite of the Q/DQ graph itself, applied to the graph the sensitivity fallback chose
+Rewrites of the Q/DQ graph itself, applied to the graph the sensitivity fallback chose
 (`Int8Scheme.qdq_rewrites`, names from `QDQ_REWRITES`):
 - `matmul-bias-in-kernel` (hand-written: ONNX Runtime turns DQ -> MatMul into its
   MatMulIntegerToFloat kernel but leaves the Linear's bias Add after it, a float pass over
@@ -42,6 +44,7 @@ One rewrite of the Q/DQ graph itself, applied to the graph the sensitivity fallb
   the bias is added while the result is converted: the same values up to float rounding
   (segformer-b0: the same logits bit for bit), and segformer-b0's 34 Linear layers at
   512x512 take 66.1 -> 62.1 ms.
+- `shapes-of-quantized-tensors`: a Shape reads the quantized tensor, not its DequantizeLinear.
 """
 
 from __future__ import annotations
@@ -90,8 +93,9 @@ def depth_to_space_candidates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def convtranspose_as_depth_to_space(model: onnx.ModelProto, ranges: Ranges) -> tuple[onnx.ModelProto, Ranges]:
     """A copy of `model` with every candidate ConvTranspose replaced by a 1x1 Conv (same node
-    name, so `keep_float` and the sensitivity fallback still find it) and a DepthToSpace; the
-    calibration ranges gain the Conv's output, which holds the same values as the ConvTranspose's."""
+    name, so `keep_float` and the sensitivity fallback still find it) and a depth-to-space
+    written channels-last (`_depth_to_space_channels_last`); the calibration ranges gain the
+    new tensors, which hold the ConvTranspose's values in another order."""
     rewritten = onnx.ModelProto.FromString(model.SerializeToString())
     ranges = dict(ranges)
     weights = {init.name: init for init in rewritten.graph.initializer}
@@ -104,32 +108,79 @@ def convtranspose_as_depth_to_space(model: onnx.ModelProto, ranges: Ranges) -> t
         block = int(_attributes(node)["kernel_shape"][0])
         weight = numpy_helper.to_array(weights[node.input[1]])  # [C_in, C_out, k, k]
         c_in, c_out = weight.shape[:2]
-        # DepthToSpace "CRD": output channel c, offset (a, b) reads input channel c*k*k + a*k + b.
-        conv_weight = weight.transpose(1, 2, 3, 0).reshape(c_out * block * block, c_in, 1, 1)
+        # Packed channel (a*k + b)*C_out + c holds output channel c at offset (a, b).
+        conv_weight = weight.transpose(2, 3, 1, 0).reshape(block * block * c_out, c_in, 1, 1)
         inputs = [node.input[0], _add(rewritten, f"{node.name}.d2s_weight", conv_weight)]
         if len(node.input) > 2 and node.input[2]:
             bias = numpy_helper.to_array(weights[node.input[2]])
-            inputs.append(_add(rewritten, f"{node.name}.d2s_bias", np.repeat(bias, block * block)))
+            inputs.append(_add(rewritten, f"{node.name}.d2s_bias", np.tile(bias, block * block)))
         packed = f"{node.output[0]}.d2s_packed"
         nodes.append(onnx.helper.make_node("Conv", inputs, [packed], name=node.name, kernel_shape=[1, 1]))
-        nodes.append(
-            onnx.helper.make_node(
-                "DepthToSpace",
-                [packed],
-                list(node.output),
-                name=f"{node.name}.d2s",
-                blocksize=block,
-                mode="CRD",
-            )
+        spread, tensors = _depth_to_space_channels_last(
+            rewritten, node.name, packed, node.output[0], block, c_out
         )
+        nodes.extend(spread)
         if node.output[0] in ranges:
-            ranges[packed] = ranges[node.output[0]]
+            ranges.update(dict.fromkeys([packed, *tensors], ranges[node.output[0]]))
     del rewritten.graph.node[:]
     rewritten.graph.node.extend(nodes)
     read = {name for node in rewritten.graph.node for name in node.input}
     for init in [init for init in rewritten.graph.initializer if init.name not in read]:
         rewritten.graph.initializer.remove(init)
     return rewritten, ranges
+
+
+def _depth_to_space_channels_last(
+    model: onnx.ModelProto, name: str, packed: str, output: str, block: int, channels: int
+) -> tuple[list[onnx.NodeProto], list[str]]:
+    """Nodes taking `packed` [N, k*k*C, H, W] (channel (a*k + b)*C + c) to `output`
+    [N, C, k*H, k*W], and the float tensors they add. Not ONNX's DepthToSpace: ONNX Runtime
+    runs that in NCHW only, so between two NHWC integer convolutions it cost a Transpose on
+    each side (unet-small: DepthToSpace 15 % and Transpose 10 % of its INT8 time). Written as
+    Transpose to NHWC -> Reshape [N, H, W, k, k, C] -> Transpose [N, H, k, W, k, C] -> Reshape
+    [N, k*H, k*W, C] -> Transpose to NCHW, the outer Transposes cancel against ONNX Runtime's
+    own and the middle one moves whole C-channel pixels."""
+    make = onnx.helper.make_node
+    nhwc, split, interleaved, spread = (
+        f"{output}.d2s_{step}" for step in ("nhwc", "split", "interleaved", "spread")
+    )
+    shape, batch_rows_cols, scaled, target = (
+        f"{output}.d2s_{step}" for step in ("shape", "nhw", "scaled", "target")
+    )
+    first_three = [_add_ints(model, f"{name}.d2s_{end}", [value]) for end, value in (("from", 0), ("to", 3))]
+    nodes = [
+        make("Transpose", [packed], [nhwc], name=f"{name}.d2s_nhwc", perm=[0, 2, 3, 1]),
+        make(
+            "Reshape",
+            [nhwc, _add_ints(model, f"{name}.d2s_split", [0, 0, 0, block, block, channels])],
+            [split],
+            name=f"{name}.d2s_split",
+        ),
+        make("Transpose", [split], [interleaved], name=f"{name}.d2s", perm=[0, 1, 3, 2, 4, 5]),
+        make("Shape", [nhwc], [shape], name=f"{name}.d2s_shape"),  # Slice, not Shape's `end`: opset < 15 too
+        make("Slice", [shape, *first_three], [batch_rows_cols], name=f"{name}.d2s_nhw"),
+        make(
+            "Mul",
+            [batch_rows_cols, _add_ints(model, f"{name}.d2s_scale", [1, block, block])],
+            [scaled],
+            name=f"{name}.d2s_scale",
+        ),
+        make(
+            "Concat",
+            [scaled, _add_ints(model, f"{name}.d2s_channels", [channels])],
+            [target],
+            name=f"{name}.d2s_target",
+            axis=0,
+        ),
+        make("Reshape", [interleaved, target], [spread], name=f"{name}.d2s_merge"),
+        make("Transpose", [spread], [output], name=f"{name}.d2s_nchw", perm=[0, 3, 1, 2]),
+    ]
+    return nodes, [nhwc, split, interleaved, spread]
+
+
+def _add_ints(model: onnx.ModelProto, name: str, values: list[int]) -> str:
+    model.graph.initializer.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
+    return name
 
 
 def _add(model: onnx.ModelProto, name: str, array: np.ndarray) -> str:
@@ -306,9 +357,32 @@ def matmul_bias_in_kernel(model: onnx.ModelProto) -> onnx.ModelProto:
     return rewritten
 
 
+def shapes_of_quantized_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the Q/DQ `model` whose Shape nodes read the quantized tensor instead of its
+    DequantizeLinear (the same shape), and without the DequantizeLinear nodes left unread.
+    The quantizer hands every reader of a quantized tensor the DQ output; a DQ read by a Shape
+    as well as by a data-movement op is one ONNX Runtime cannot drop, so it dequantized the
+    whole map to give the Shape its dims (unet-small's channels-last depth-to-space: four
+    full-resolution DequantizeLinear, 4.0 -> 1.3 ms of DequantizeLinear per run)."""
+    rewritten = onnx.ModelProto.FromString(model.SerializeToString())
+    producer = {output: node for node in rewritten.graph.node for output in node.output}
+    for node in rewritten.graph.node:
+        source = producer.get(node.input[0]) if node.op_type == "Shape" else None
+        if source is not None and source.op_type == "DequantizeLinear":
+            node.input[0] = source.input[0]
+    read = {name for node in rewritten.graph.node for name in node.input} | {
+        o.name for o in rewritten.graph.output
+    }
+    kept = [n for n in rewritten.graph.node if n.op_type != "DequantizeLinear" or n.output[0] in read]
+    del rewritten.graph.node[:]
+    rewritten.graph.node.extend(kept)
+    return rewritten
+
+
 # The rewrites of the Q/DQ graph a scheme may name (`rewrite_qdq` applies them in this order).
 QDQ_REWRITES: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
     "matmul-bias-in-kernel": matmul_bias_in_kernel,
+    "shapes-of-quantized-tensors": shapes_of_quantized_tensors,
 }
 
 

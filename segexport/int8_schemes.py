@@ -50,21 +50,33 @@ INT8_SCHEMES = {
     # zero point and hit the U8S8 (VNNI) kernels. MatMul is quantized with float outputs: ONNX
     # Runtime fuses DQ -> MatMul into MatMulIntegerToFloat, and the attention Softmax then reads
     # float (a quantized MatMul output made it a QLinearSoftmax, 17 % of segformer-b0's time).
-    # ConvTranspose becomes Conv + DepthToSpace (no integer ConvTranspose kernel on the CPU), GELU
-    # one fused kernel, Concat inputs one scale, a Linear's bias inside its integer MatMul
-    # (segexport.cpu_graph), and the data-movement ops between integer ops take Q/DQ so that
-    # they move UINT8. Relu and Clip
-    # are listed so that the tooling folds them into the producer's Q (its QDQRemovableActivation:
-    # the Conv's output takes the activation's range); unlisted, each Conv -> Relu pair ran as
+    # ConvTranspose becomes a 1x1 Conv and a channels-last depth-to-space (no integer
+    # ConvTranspose kernel on the CPU), token maps are built channels-last, GELU is one fused
+    # kernel, Concat inputs share one scale, a Linear's bias goes inside its integer MatMul
+    # (segexport.cpu_graph), and the data-movement ops between integer ops (Reshape among them,
+    # for the depth-to-space) take Q/DQ so that they move UINT8. Relu and Clip are listed so
+    # that the tooling folds them into the producer's Q (its QDQRemovableActivation: the Conv's
+    # output takes the activation's range); unlisted, each Conv -> Relu pair ran as
     # Q -> DQ -> Relu -> Q, a requantisation per layer (unet-small 1.48x -> 1.76x FP32,
     # deeplabv3plus 2.33x -> 2.68x, agreement 99.61 -> 99.71 % and 99.55 -> 99.71 %).
     "int8-cpu": Int8Scheme(
         True,
-        ("Conv", "MatMul", "Concat", "MaxPool", "Resize", "Transpose", "DepthToSpace", "Relu", "Clip"),
+        (
+            "Conv",
+            "MatMul",
+            "Concat",
+            "MaxPool",
+            "Resize",
+            "Transpose",
+            "Reshape",
+            "DepthToSpace",
+            "Relu",
+            "Clip",
+        ),
         "ONNX Runtime on x86 CPUs (asymmetric UINT8)",
         float_outputs=("MatMul",),
         graph_rewrites=("depth-to-space", "channels-last-tokens", "fused-gelu", "shared-concat-scales"),
-        qdq_rewrites=("matmul-bias-in-kernel",),
+        qdq_rewrites=("matmul-bias-in-kernel", "shapes-of-quantized-tensors"),
     ),
 }
 

@@ -49,9 +49,15 @@ def test_stride_sized_convtranspose_becomes_conv_and_depth_to_space(block: int) 
     model = _upsampler(block, block, [0, 0, 0, 0])
     rewritten, ranges = cpu_graph.convtranspose_as_depth_to_space(model, {"y": (-1.0, 2.0)})
     onnx.checker.check_model(rewritten)
-    assert [n.op_type for n in rewritten.graph.node] == ["Conv", "DepthToSpace", "Relu"]
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops[0] == "Conv" and ops[-1] == "Relu" and not {"ConvTranspose", "DepthToSpace"} & set(ops)
     assert rewritten.graph.node[0].name == "up"  # keep_float and the sensitivity fallback find it
-    assert ranges["y.d2s_packed"] == (-1.0, 2.0)
+    perms = [list(n.attribute[0].ints) for n in rewritten.graph.node if n.op_type == "Transpose"]
+    assert perms == [[0, 2, 3, 1], [0, 1, 3, 2, 4, 5], [0, 3, 1, 2]]  # channels-last in between
+    assert all(
+        ranges[f"y.d2s_{step}"] == (-1.0, 2.0)
+        for step in ("packed", "nhwc", "split", "interleaved", "spread")
+    )
     x = np.random.default_rng(1).normal(size=(1, 6, 5, 7)).astype(np.float32)
     np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-5, atol=1e-5)
 
@@ -77,21 +83,56 @@ def _calibration(model: onnx.ModelProto, x: np.ndarray) -> precision.Calibration
     return precision.Calibration("minmax", ranges, "sha", 1)
 
 
-def test_int8_cpu_graph_stays_integer_where_the_tensorrt_graph_is_unchanged() -> None:
-    model = _upsampler(2, 2, [0, 0, 0, 0])
+def _between_convs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The upsampler with a 1x1 Conv after its Relu (the classifier, float by rule), so that
+    the up-sampling itself is not the output's producer and quantizes."""
+    rng = np.random.default_rng(9)
+    model.graph.initializer.append(
+        numpy_helper.from_array(rng.normal(size=(3, 4, 1, 1)).astype(np.float32), "wc")
+    )
+    model.graph.node.append(helper.make_node("Conv", ["z", "wc"], ["logits"], name="classifier"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, None))
+    del model.graph.input[:]  # dynamic height and width, as exports have: no Shape folds away
+    model.graph.input.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, "height", "width"]))
+    return model
+
+
+def test_int8_cpu_graph_stays_integer_where_the_tensorrt_graph_is_unchanged(tmp_path: Path) -> None:
+    model = _between_convs(_upsampler(2, 2, [0, 0, 0, 0]))
     x = np.random.default_rng(2).normal(size=(1, 6, 5, 7)).astype(np.float32)
     calibration = _calibration(model, x)
     scheme = precision.int8_cpu_scheme("vnni")
     assert "depth-to-space" in scheme.graph_rewrites and scheme.compute_ops == ("Conv", "MatMul")
     rewritten, ranges = cpu_graph.convtranspose_as_depth_to_space(model, calibration.ranges)
-    # The rewritten ConvTranspose is not an output producer here: Relu ends the graph, so it quantizes.
+    # The rewritten ConvTranspose is not the output's producer here (the classifier is), so it quantizes.
     int8 = precision.to_int8(rewritten, dataclasses.replace(calibration, ranges=ranges), scheme=scheme)
     ops = [n.op_type for n in int8.graph.node]
-    assert "ConvTranspose" not in ops and "DepthToSpace" in ops
+    assert "ConvTranspose" not in ops
+    producer = {o: n for n in int8.graph.node for o in n.output}
+    spread = next(n for n in int8.graph.node if n.name == "up.d2s")  # the 6-D Transpose moves uint8
+    assert producer[spread.input[0]].op_type == "DequantizeLinear"
+    shape = next(n for n in int8.graph.node if n.op_type == "Shape")
+    assert producer[shape.input[0]].op_type == "DequantizeLinear"  # what the quantizer writes
+    final = cpu_graph.rewrite_qdq(int8, scheme.qdq_rewrites)
+    producer = {o: n for n in final.graph.node for o in n.output}
+    shape = next(n for n in final.graph.node if n.op_type == "Shape")
+    assert producer[shape.input[0]].op_type == "QuantizeLinear"  # the dims of the uint8 tensor
+    np.testing.assert_array_equal(_run(final, x), _run(int8, x))
+    # What runs: with the Shape gone from its readers, ONNX Runtime drops the DQ/Q pair around
+    # the Reshape instead of dequantizing the whole map.
+    ran = {
+        tag: _optimized(graph, tmp_path / f"{tag}.onnx")
+        for tag, graph in (("before", int8), ("after", final))
+    }
+    dequantized = {
+        tag: [n.op_type for n in graph.graph.node].count("DequantizeLinear") for tag, graph in ran.items()
+    }
+    assert dequantized["after"] < dequantized["before"], dequantized
     options = ort.SessionOptions()
     options.optimized_model_filepath = ""
     session = ort.InferenceSession(int8.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    assert session.run(None, {"x": x})[0].shape == (1, 4, 10, 14)
+    assert session.run(None, {"x": x})[0].shape == (1, 3, 10, 14)
     tensorrt = precision.INT8_SCHEMES["int8"]
     assert "ConvTranspose" in tensorrt.ops and not tensorrt.graph_rewrites and not tensorrt.float_outputs
 
