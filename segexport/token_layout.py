@@ -117,6 +117,13 @@ class _Edit:
         return name, [onnx.helper.make_node("Gather", [shape, indices], [name], name=name, axis=0)]
 
 
+def _like(reshape: onnx.NodeProto, inputs: list[str], outputs: list[str], name: str) -> onnx.NodeProto:
+    """A Reshape with `reshape`'s attributes (`allowzero` exists from opset 14 only)."""
+    node = onnx.helper.make_node("Reshape", inputs, outputs, name=name)
+    node.attribute.extend(reshape.attribute)
+    return node
+
+
 def _tokens_to_map(edit: _Edit, transpose: onnx.NodeProto, reshape: onnx.NodeProto, ranges: Ranges) -> None:
     """Transpose(0,2,1) -> Reshape to [B, C, H, W]  =>  Reshape to [B, H, W, C] -> Transpose(0,3,1,2)."""
     permuted = edit.permuted_shape(reshape, TOKENS_TO_MAP)
@@ -127,9 +134,7 @@ def _tokens_to_map(edit: _Edit, transpose: onnx.NodeProto, reshape: onnx.NodePro
     edit.replacements[id(transpose)] = []
     edit.replacements[id(reshape)] = [
         *gather,
-        onnx.helper.make_node(
-            "Reshape", [transpose.input[0], shape], [nhwc], name=f"{reshape.name}.nhwc", allowzero=1
-        ),
+        _like(reshape, [transpose.input[0], shape], [nhwc], f"{reshape.name}.nhwc"),
         onnx.helper.make_node(
             "Transpose", [nhwc], list(reshape.output), name=reshape.name, perm=[0, 3, 1, 2]
         ),
@@ -151,11 +156,7 @@ def _map_to_tokens(edit: _Edit, reshape: onnx.NodeProto, transpose: onnx.NodePro
         ),
         *gather,
     ]
-    edit.replacements[id(transpose)] = [
-        onnx.helper.make_node(
-            "Reshape", [nhwc, shape], list(transpose.output), name=transpose.name, allowzero=1
-        )
-    ]
+    edit.replacements[id(transpose)] = [_like(reshape, [nhwc, shape], list(transpose.output), transpose.name)]
     if reshape.input[0] in ranges:
         ranges[nhwc] = ranges[reshape.input[0]]
 

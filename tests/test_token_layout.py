@@ -17,7 +17,9 @@ from segexport.token_layout import channels_last_tokens
 CHANNELS, HEIGHT, WIDTH = 8, 6, 10
 
 
-def _mix_ffn(shape: list[int], allowzero: int = 1, flat_shape: list[int] | None = None) -> onnx.ModelProto:
+def _mix_ffn(
+    shape: list[int], allowzero: int | None = 1, flat_shape: list[int] | None = None, opset: int = 18
+) -> onnx.ModelProto:
     """Tokens [1, H*W, C] -> map -> depthwise 3x3 conv -> tokens, written the way exporters
     write `x.transpose(1, 2).reshape(B, C, H, W)` and `x.flatten(2).transpose(1, 2)`."""
     rng = np.random.default_rng(7)
@@ -28,11 +30,12 @@ def _mix_ffn(shape: list[int], allowzero: int = 1, flat_shape: list[int] | None 
         numpy_helper.from_array(rng.normal(size=(CHANNELS, 1, 3, 3)).astype(np.float32), "dw"),
         numpy_helper.from_array(rng.normal(size=(CHANNELS, CHANNELS)).astype(np.float32), "fc"),
     ]
+    zero = {} if allowzero is None else {"allowzero": allowzero}  # the attribute exists from opset 14
     nodes = [
         helper.make_node("Transpose", ["x"], ["xt"], name="to_channels", perm=[0, 2, 1]),
-        helper.make_node("Reshape", ["xt", "map_shape"], ["map"], name="to_map", allowzero=allowzero),
+        helper.make_node("Reshape", ["xt", "map_shape"], ["map"], name="to_map", **zero),
         helper.make_node("Conv", ["map", "dw"], ["conv"], name="dwconv", group=CHANNELS, pads=[1, 1, 1, 1]),
-        helper.make_node("Reshape", ["conv", "flat_shape"], ["flat"], name="flatten", allowzero=allowzero),
+        helper.make_node("Reshape", ["conv", "flat_shape"], ["flat"], name="flatten", **zero),
         helper.make_node("Transpose", ["flat"], ["back"], name="to_tokens", perm=[0, 2, 1]),
         helper.make_node("MatMul", ["back", "fc"], ["y"], name="fc"),
         helper.make_node("Relu", ["y"], ["out"], name="out"),
@@ -44,7 +47,7 @@ def _mix_ffn(shape: list[int], allowzero: int = 1, flat_shape: list[int] | None 
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     return onnx.shape_inference.infer_shapes(model)  # the declared dims the rewrite reads
 
 
@@ -152,5 +155,16 @@ def test_a_graph_without_declared_dims_is_rewritten_from_inferred_ones() -> None
     del model.graph.value_info[:]  # older exporters write none
     rewritten, _ = channels_last_tokens(model, {})
     assert _ops(rewritten) == ["Reshape", "Transpose", "Conv", "Transpose", "Reshape", "MatMul", "Relu"]
+    x = _tokens()
+    np.testing.assert_array_equal(_run(rewritten, x), _run(model, x))
+
+
+def test_an_opset_13_graph_stays_valid() -> None:
+    """Reshape has no `allowzero` before opset 14: the new Reshapes copy the old ones' attributes."""
+    model = _mix_ffn([1, CHANNELS, HEIGHT, WIDTH], allowzero=None, opset=13)
+    rewritten, _ = channels_last_tokens(model, {})
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert _ops(rewritten).count("Transpose") == 2 and _ops(rewritten)[0] == "Reshape"
+    assert not any(a.name == "allowzero" for n in rewritten.graph.node for a in n.attribute)
     x = _tokens()
     np.testing.assert_array_equal(_run(rewritten, x), _run(model, x))
