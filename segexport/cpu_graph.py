@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from segexport import precision
 from segexport.token_layout import channels_last_tokens
 
 Ranges = dict[str, tuple[float, float]]
@@ -147,12 +148,14 @@ def _depth_to_space_channels_last(
     shape, batch_rows_cols, scaled, target = (
         f"{output}.d2s_{step}" for step in ("shape", "nhw", "scaled", "target")
     )
-    first_three = [_add_ints(model, f"{name}.d2s_{end}", [value]) for end, value in (("from", 0), ("to", 3))]
+    first_three = [
+        _add(model, f"{name}.d2s_{end}", [value], np.int64) for end, value in (("from", 0), ("to", 3))
+    ]
     nodes = [
         make("Transpose", [packed], [nhwc], name=f"{name}.d2s_nhwc", perm=[0, 2, 3, 1]),
         make(
             "Reshape",
-            [nhwc, _add_ints(model, f"{name}.d2s_split", [0, 0, 0, block, block, channels])],
+            [nhwc, _add(model, f"{name}.d2s_split", [0, 0, 0, block, block, channels], np.int64)],
             [split],
             name=f"{name}.d2s_split",
         ),
@@ -161,13 +164,13 @@ def _depth_to_space_channels_last(
         make("Slice", [shape, *first_three], [batch_rows_cols], name=f"{name}.d2s_nhw"),
         make(
             "Mul",
-            [batch_rows_cols, _add_ints(model, f"{name}.d2s_scale", [1, block, block])],
+            [batch_rows_cols, _add(model, f"{name}.d2s_scale", [1, block, block], np.int64)],
             [scaled],
             name=f"{name}.d2s_scale",
         ),
         make(
             "Concat",
-            [scaled, _add_ints(model, f"{name}.d2s_channels", [channels])],
+            [scaled, _add(model, f"{name}.d2s_channels", [channels], np.int64)],
             [target],
             name=f"{name}.d2s_target",
             axis=0,
@@ -178,15 +181,9 @@ def _depth_to_space_channels_last(
     return nodes, [nhwc, split, interleaved, spread]
 
 
-def _add_ints(model: onnx.ModelProto, name: str, values: list[int]) -> str:
-    model.graph.initializer.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
-    return name
-
-
-def _add(model: onnx.ModelProto, name: str, array: np.ndarray) -> str:
-    model.graph.initializer.append(
-        numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name)
-    )
+def _add(model: onnx.ModelProto, name: str, array: np.ndarray | list[int], dtype: type = np.float32) -> str:
+    """A constant of `dtype` (weights float32, shapes int64) added to the graph; its name."""
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype), name))
     return name
 
 
@@ -199,15 +196,19 @@ def fused_gelu(model: onnx.ModelProto, ranges: Ranges) -> tuple[onnx.ModelProto,
     wrapped = OnnxModel(onnx.ModelProto.FromString(model.SerializeToString()))
     FusionGelu(wrapped).apply()
     wrapped.prune_graph(outputs=[output.name for output in model.graph.output])
-    fused = wrapped.model
-    if any(node.domain == MICROSOFT_DOMAIN for node in fused.graph.node) and not any(
-        opset.domain == MICROSOFT_DOMAIN for opset in fused.opset_import
-    ):
-        fused.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
-    return fused, ranges
+    return _import_microsoft_ops(wrapped.model), ranges
 
 
 MICROSOFT_DOMAIN = "com.microsoft"
+
+
+def _import_microsoft_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with the com.microsoft opset imported where a node of that domain needs it."""
+    uses = any(node.domain == MICROSOFT_DOMAIN for node in model.graph.node)
+    if uses and not any(opset.domain == MICROSOFT_DOMAIN for opset in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
+    return model
+
 
 # Ops that move or resample values without changing their range, and whose output the
 # quantizer gives its input's scale: a Concat input reached through them shares that scale.
@@ -297,7 +298,7 @@ def matmul_bias_in_kernel(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the Q/DQ `model` with each DQ(activation) x DQ(constant 2-D weight) -> MatMul ->
     Add(constant bias) written as one com.microsoft MatMulIntegerToFloat with its bias input.
     Only per-tensor activation scales and per-tensor or per-column weight scales qualify (what
-    the kernel takes); DequantizeLinear nodes left unread are dropped."""
+    the kernel takes); Q/DQ nodes left unread are dropped (`precision.drop_unread_qdq`)."""
     rewritten = onnx.ModelProto.FromString(model.SerializeToString())
     graph = rewritten.graph
     arrays = _initializer_arrays(rewritten)
@@ -348,18 +349,15 @@ def matmul_bias_in_kernel(model: onnx.ModelProto) -> onnx.ModelProto:
     if not replaced:
         return rewritten
     nodes = [replaced.get(id(node), node) for node in graph.node if id(node) not in dropped]
-    read = {name for node in nodes for name in node.input} | {output.name for output in graph.output}
-    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]
     del graph.node[:]
     graph.node.extend(nodes)
-    if not any(opset.domain == MICROSOFT_DOMAIN for opset in rewritten.opset_import):
-        rewritten.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
-    return rewritten
+    precision.drop_unread_qdq(rewritten)
+    return _import_microsoft_ops(rewritten)
 
 
 def shapes_of_quantized_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the Q/DQ `model` whose Shape nodes read the quantized tensor instead of its
-    DequantizeLinear (the same shape), and without the DequantizeLinear nodes left unread.
+    DequantizeLinear (the same shape), and without the Q/DQ nodes left unread.
     The quantizer hands every reader of a quantized tensor the DQ output; a DQ read by a Shape
     as well as by a data-movement op is one ONNX Runtime cannot drop, so it dequantized the
     whole map to give the Shape its dims (unet-small's channels-last depth-to-space: four
@@ -370,12 +368,7 @@ def shapes_of_quantized_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
         source = producer.get(node.input[0]) if node.op_type == "Shape" else None
         if source is not None and source.op_type == "DequantizeLinear":
             node.input[0] = source.input[0]
-    read = {name for node in rewritten.graph.node for name in node.input} | {
-        o.name for o in rewritten.graph.output
-    }
-    kept = [n for n in rewritten.graph.node if n.op_type != "DequantizeLinear" or n.output[0] in read]
-    del rewritten.graph.node[:]
-    rewritten.graph.node.extend(kept)
+    precision.drop_unread_qdq(rewritten)
     return rewritten
 
 
